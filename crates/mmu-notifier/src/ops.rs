@@ -1,0 +1,151 @@
+//! The list-subscriber contract: `struct mmu_notifier_ops`.
+
+use crate::{Error, Mm, Range, WouldBlock};
+
+bitflags::bitflags! {
+    /// Which callbacks of [`MmuNotifierOps`] a subscriber implements.
+    ///
+    /// The kernel tests function pointers for NULL; Rust trait methods always exist, so a
+    /// subscriber declares what it implements and only those methods are called. The
+    /// declaration also lets [`Mm::register`] enforce, with a typed error, two rules the kernel
+    /// only checks at run time:
+    ///
+    /// * a subscriber whose start can fail ([`START_CAN_FAIL`](Self::START_CAN_FAIL)) must not
+    ///   have an end: after a refused non-blockable invalidation the core ends exactly the
+    ///   subscribers that have an end, which must therefore be the ones whose start succeeded;
+    /// * [`ARCH_INVALIDATE_SECONDARY_TLBS`](Self::ARCH_INVALIDATE_SECONDARY_TLBS) is exclusive
+    ///   with start and end (Linux 6.6+).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Capabilities: u32 {
+        /// [`MmuNotifierOps::release`].
+        const RELEASE = 1 << 0;
+        /// [`MmuNotifierOps::clear_flush_young`].
+        const CLEAR_FLUSH_YOUNG = 1 << 1;
+        /// [`MmuNotifierOps::clear_young`].
+        const CLEAR_YOUNG = 1 << 2;
+        /// [`MmuNotifierOps::test_young`].
+        const TEST_YOUNG = 1 << 3;
+        /// [`MmuNotifierOps::invalidate_range_start`].
+        const INVALIDATE_RANGE_START = 1 << 4;
+        /// The start may refuse a non-blockable range with [`WouldBlock`]. Requires
+        /// `INVALIDATE_RANGE_START`; excludes `INVALIDATE_RANGE_END`.
+        const START_CAN_FAIL = 1 << 5;
+        /// [`MmuNotifierOps::invalidate_range_end`].
+        const INVALIDATE_RANGE_END = 1 << 6;
+        /// [`MmuNotifierOps::arch_invalidate_secondary_tlbs`]. Excludes start and end.
+        const ARCH_INVALIDATE_SECONDARY_TLBS = 1 << 7;
+        /// All three young-bit callbacks.
+        const YOUNG = Self::CLEAR_FLUSH_YOUNG.bits() | Self::CLEAR_YOUNG.bits() | Self::TEST_YOUNG.bits();
+    }
+}
+
+impl Capabilities {
+    /// Checks the registration rules; the error says which one is broken.
+    pub fn validate(self) -> Result<(), Error> {
+        if self.contains(Self::START_CAN_FAIL) && !self.contains(Self::INVALIDATE_RANGE_START) {
+            return Err(Error::InvalidOps(
+                "START_CAN_FAIL needs INVALIDATE_RANGE_START: only a start can fail",
+            ));
+        }
+        if self.contains(Self::START_CAN_FAIL) && self.contains(Self::INVALIDATE_RANGE_END) {
+            return Err(Error::InvalidOps(
+                "a subscriber whose invalidate_range_start can fail must not have \
+                 invalidate_range_end (the core ends every subscriber with an end after a refused \
+                 start, so only subscribers whose start cannot fail may have one)",
+            ));
+        }
+        if self.contains(Self::ARCH_INVALIDATE_SECONDARY_TLBS)
+            && self.intersects(Self::INVALIDATE_RANGE_START | Self::INVALIDATE_RANGE_END)
+        {
+            return Err(Error::InvalidOps(
+                "arch_invalidate_secondary_tlbs is exclusive with invalidate_range_start/end \
+                 (Linux 6.6+): a hardware TLB walker uses one or the other",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A secondary MMU subscribed to an address space: `struct mmu_notifier_ops`.
+///
+/// Callbacks run concurrently, from any thread, and concurrently with each other; implement
+/// them with interior mutability. Only the callbacks named in
+/// [`capabilities`](Self::capabilities) are ever called.
+///
+/// A subscriber must not hold a clone of the [`Mm`] it is registered with (that would keep the
+/// address space alive forever); it is handed `&Mm` where it needs one.
+pub trait MmuNotifierOps: Send + Sync + 'static {
+    /// Which callbacks this subscriber implements. Read once, at registration.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The address space is going away (or this subscription is unregistered). Tear down every
+    /// secondary mapping and stop the secondary MMU before the pages are freed. May sleep.
+    /// Called exactly once per subscription, by whichever of [`Mm::release`] and
+    /// [`Subscription::unregister`](crate::Subscription::unregister) gets there first; never by
+    /// a shared subscription's last put.
+    fn release(&self, _mm: &Mm) {}
+
+    /// Test and clear the accessed bit of secondary entries in `[start, end)` and flush the
+    /// secondary TLB. Results of all subscribers are OR'ed.
+    fn clear_flush_young(&self, _mm: &Mm, _start: u64, _end: u64) -> bool {
+        false
+    }
+
+    /// Like [`clear_flush_young`](Self::clear_flush_young) but may skip the TLB flush.
+    fn clear_young(&self, _mm: &Mm, _start: u64, _end: u64) -> bool {
+        false
+    }
+
+    /// Test (do not clear) the accessed bit at `address`. Dispatch stops at the first `true`.
+    fn test_young(&self, _mm: &Mm, _address: u64) -> bool {
+        false
+    }
+
+    /// The primary is about to change the entries of `range`: stop all secondary access to it
+    /// and create no new secondary mapping in it until the matching end.
+    ///
+    /// In a blockable range it may sleep and must succeed. In a non-blockable range
+    /// (`!range.is_blockable()`, e.g. the OOM reaper) it must not sleep; if it would have to,
+    /// it returns [`WouldBlock`] — allowed only when [`Capabilities::START_CAN_FAIL`] is
+    /// declared, in which case the subscriber has no end.
+    fn invalidate_range_start(&self, _range: &Range) -> Result<(), WouldBlock> {
+        Ok(())
+    }
+
+    /// The change of `range` is complete (pages may have been freed). New secondary mappings
+    /// may be established again once every overlapping range has ended. Called exactly once for
+    /// every start that this subscriber received and that succeeded — including when another
+    /// subscriber refused a non-blockable start (the Linux 5.12 pairing fix).
+    fn invalidate_range_end(&self, _range: &Range) {}
+
+    /// Invalidate a hardware secondary TLB that walks the CPU page tables directly (IOMMU
+    /// SVA/ATS). Called from the primary's TLB flush, in atomic context: must not sleep.
+    fn arch_invalidate_secondary_tlbs(&self, _mm: &Mm, _start: u64, _end: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capabilities as C;
+
+    #[test]
+    fn fallible_start_with_end_is_rejected() {
+        assert!((C::INVALIDATE_RANGE_START | C::START_CAN_FAIL | C::INVALIDATE_RANGE_END)
+            .validate()
+            .is_err());
+        assert!((C::INVALIDATE_RANGE_START | C::START_CAN_FAIL).validate().is_ok());
+        assert!(C::START_CAN_FAIL.validate().is_err());
+    }
+
+    #[test]
+    fn arch_tlbs_is_exclusive_with_start_and_end() {
+        assert!((C::ARCH_INVALIDATE_SECONDARY_TLBS | C::INVALIDATE_RANGE_END)
+            .validate()
+            .is_err());
+        assert!((C::ARCH_INVALIDATE_SECONDARY_TLBS | C::INVALIDATE_RANGE_START)
+            .validate()
+            .is_err());
+        assert!((C::ARCH_INVALIDATE_SECONDARY_TLBS | C::RELEASE | C::YOUNG)
+            .validate()
+            .is_ok());
+    }
+}

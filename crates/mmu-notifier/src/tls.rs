@@ -1,0 +1,48 @@
+//! Which address spaces this thread is currently dispatching callbacks for.
+//!
+//! A blocking call that waits for callbacks to finish (unregister, interval remove, the
+//! `read_begin` wait, the first interval insert) would wait for itself when made from inside a
+//! callback — or while this thread holds an open invalidation — of the same address space. The
+//! kernel only forbids that in comments; here it is detected and reported instead of hanging.
+
+use std::cell::RefCell;
+
+use crate::primitive::thread_local;
+
+thread_local! {
+    static ACTIVE: RefCell<Vec<u64>> = RefCell::new(Vec::new());
+}
+
+/// This thread is inside a dispatch (or holds an open invalidation) of mm `id` until dropped.
+/// Not `Send`: it must be dropped on the thread that made it.
+pub(crate) struct Mark {
+    id: u64,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+pub(crate) fn enter(id: u64) -> Mark {
+    ACTIVE.with(|a| a.borrow_mut().push(id));
+    Mark {
+        id,
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        let id = self.id;
+        // `try_with`-like tolerance is not needed: marks never outlive their thread's locals
+        // because they are not `Send` and are dropped before the thread exits.
+        ACTIVE.with(|a| {
+            let mut a = a.borrow_mut();
+            if let Some(pos) = a.iter().rposition(|&x| x == id) {
+                a.remove(pos);
+            }
+        });
+    }
+}
+
+/// Whether this thread is inside a dispatch of mm `id`.
+pub(crate) fn inside(id: u64) -> bool {
+    ACTIVE.with(|a| a.borrow().contains(&id))
+}
