@@ -312,7 +312,8 @@ impl Interval {
                     let before = st.deferred.len();
                     st.deferred.retain(|d| !Arc::ptr_eq(d, self));
                     if st.deferred.len() == before {
-                        subs.diag.report(Warning::RemoveNotInTree { start: self.start });
+                        subs.diag
+                            .report(Warning::RemoveNotInTree { start: self.start });
                     }
                 }
                 dropped = None;
@@ -320,16 +321,18 @@ impl Interval {
                 dropped = match st.nodes.remove(&self.id) {
                     Some(node) => st.tree.remove(node),
                     None => {
-                        subs.diag.report(Warning::RemoveNotInTree { start: self.start });
+                        subs.diag
+                            .report(Warning::RemoveNotInTree { start: self.start });
                         None
                     }
                 };
             }
         }
         drop(dropped);
-        if in_callback {
-            subs.diag
-                .report(Warning::CalledFromCallback { api: "interval remove" });
+        if in_callback && wait_seq.is_some() {
+            subs.diag.report(Warning::CalledFromCallback {
+                api: "interval remove",
+            });
             return Err(Error::InCallback("IntervalNotifier::remove"));
         }
         annotate::might_sleep();
@@ -368,8 +371,9 @@ impl IntervalNotifier {
     /// the removal and waits for the epoch to end; on return no callback of this interval is
     /// running or will run.
     ///
-    /// Must not be called from a callback of the same address space: that is detected, the
-    /// interval is unlinked without waiting, and [`Error::InCallback`] is returned.
+    /// Must not be called from a callback of the same address space (or while this thread holds
+    /// an open invalidation of it) when it would have to wait: that is detected and reported,
+    /// the removal is queued without waiting, and [`Error::InCallback`] is returned.
     pub fn remove(mut self) -> Result<(), Error> {
         self.removed = true;
         self.iv.remove()
