@@ -107,7 +107,10 @@ impl fmt::Display for Warning {
             ),
             Warning::PutWithoutUsers => write!(f, "put of a shared subscription with no users"),
             Warning::RemoveNotInTree { start } => {
-                write!(f, "interval notifier at {start:#x} removed but not registered")
+                write!(
+                    f,
+                    "interval notifier at {start:#x} removed but not registered"
+                )
             }
             Warning::OddSequenceWhileIdle { seq } => write!(
                 f,

@@ -51,5 +51,7 @@ pub enum Error {
 /// (the kernel's `-EAGAIN`). The range was not invalidated; the caller must not change the
 /// primary page tables for it and may retry later (as the OOM reaper does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("invalidation would block: a subscriber needs to sleep; retry in a blockable context or later")]
+#[error(
+    "invalidation would block: a subscriber needs to sleep; retry in a blockable context or later"
+)]
 pub struct WouldBlock;

@@ -13,7 +13,7 @@ use crate::interval::ItreeState;
 use crate::ops::{Capabilities, MmuNotifierOps};
 use crate::primitive::{
     lock, AtomicBool, AtomicPtr, AtomicU32, Condvar, Mutex,
-    Ordering::{Acquire, AcqRel, Relaxed, Release, SeqCst},
+    Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };
 use crate::srcu::{ReadToken, Srcu};
 use crate::tls;
@@ -386,12 +386,11 @@ impl Mm {
             self.inner.profile,
             self.inner.diag.clone(),
         ))) as *mut Subscriptions;
-        match self.inner.subs.compare_exchange(
-            std::ptr::null_mut(),
-            new,
-            AcqRel,
-            Acquire,
-        ) {
+        match self
+            .inner
+            .subs
+            .compare_exchange(std::ptr::null_mut(), new, AcqRel, Acquire)
+        {
             // SAFETY: just published; owned by `MmInner` from now on.
             Ok(_) => unsafe { &*new },
             Err(cur) => {
@@ -434,7 +433,9 @@ impl Mm {
             return Err(Error::Released);
         }
         if tls::inside(self.inner.id) {
-            self.inner.diag.report(Warning::CalledFromCallback { api: "register" });
+            self.inner
+                .diag
+                .report(Warning::CalledFromCallback { api: "register" });
             return Err(Error::InCallback("register"));
         }
         let subs = self.subs_or_create();
@@ -521,7 +522,9 @@ impl Mm {
     pub fn synchronize(&self) {
         if let Some(s) = self.subs() {
             if tls::inside(self.inner.id) {
-                self.inner.diag.report(Warning::CalledFromCallback { api: "synchronize" });
+                self.inner
+                    .diag
+                    .report(Warning::CalledFromCallback { api: "synchronize" });
                 return;
             }
             s.synchronize();
@@ -694,7 +697,9 @@ impl Mm {
     /// Whether any subscriber saw `address` accessed; stops at the first that did
     /// (`mmu_notifier_test_young`).
     pub fn test_young(&self, address: u64) -> bool {
-        self.walk(Capabilities::TEST_YOUNG, |s| s.ops.test_young(self, address))
+        self.walk(Capabilities::TEST_YOUNG, |s| {
+            s.ops.test_young(self, address)
+        })
     }
 
     /// Invalidates hardware secondary TLBs for `[start, end)`, from the primary's TLB flush
@@ -742,7 +747,9 @@ impl Mm {
         drop(mark);
         subs.srcu.read_unlock(token);
         if tls::inside(self.inner.id) {
-            self.inner.diag.report(Warning::CalledFromCallback { api: "release" });
+            self.inner
+                .diag
+                .report(Warning::CalledFromCallback { api: "release" });
             return;
         }
         subs.synchronize();
@@ -758,7 +765,10 @@ impl Mm {
                 .any(|s| Arc::ptr_eq(s, sub));
             if linked {
                 subs.update_list(&mut st, |cur| {
-                    cur.iter().filter(|s| !Arc::ptr_eq(s, sub)).cloned().collect()
+                    cur.iter()
+                        .filter(|s| !Arc::ptr_eq(s, sub))
+                        .cloned()
+                        .collect()
                 });
             }
             st.retired.push(Retired::Sub(sub.clone()));
@@ -779,7 +789,9 @@ impl Mm {
         }
         self.unlink(sub);
         if tls::inside(self.inner.id) {
-            self.inner.diag.report(Warning::CalledFromCallback { api: "unregister" });
+            self.inner
+                .diag
+                .report(Warning::CalledFromCallback { api: "unregister" });
             subs.try_reclaim();
             return Err(Error::InCallback("unregister"));
         }

@@ -172,7 +172,10 @@ mod tests {
         );
         assert!(Range::new(11, 10, Event::Clear).is_err());
         let r = Range::new(0x1000, 0x3000, Event::Clear).unwrap();
-        assert_eq!((r.start(), r.end(), r.last(), r.len()), (0x1000, 0x3000, 0x2fff, 0x2000));
+        assert_eq!(
+            (r.start(), r.end(), r.last(), r.len()),
+            (0x1000, 0x3000, 0x2fff, 0x2000)
+        );
         assert!(r.overlaps(0x2fff, 0x4000));
         assert!(!r.overlaps(0x3000, 0x4000));
     }

@@ -129,7 +129,10 @@ mod tests {
             d2.store(true, SeqCst);
         });
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!done.load(SeqCst), "grace period ended while a reader was inside");
+        assert!(
+            !done.load(SeqCst),
+            "grace period ended while a reader was inside"
+        );
         assert!(!s.try_synchronize() || s.readers.iter().all(|r| r.load(SeqCst) == 0));
         s.read_unlock(t);
         h.join().unwrap();
