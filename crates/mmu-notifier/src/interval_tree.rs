@@ -226,12 +226,16 @@ impl<V> IntervalTree<V> {
             return None;
         }
         let n = id.index;
+        // Node whose cached values are out of step with its children after a
+        // successor swap; the upward pass must not stop below it.
+        let mut must_visit = NIL;
         if self.left(n) != NIL && self.right(n) != NIL {
             // Move `n` into its in-order successor's position (which has no
             // left child) by relinking, so that ids stay attached to their
             // intervals; the successor takes `n`'s place.
             let s = self.leftmost(self.right(n));
             self.swap_with_successor(n, s);
+            must_visit = s;
         }
         let child = if self.left(n) != NIL {
             self.left(n)
@@ -243,7 +247,7 @@ impl<V> IntervalTree<V> {
         if child != NIL {
             self.set_parent(child, parent);
         }
-        self.fix_upward(parent);
+        self.fix_upward(parent, must_visit);
         self.len -= 1;
         self.free_slot(n)
     }
@@ -516,7 +520,7 @@ impl<V> IntervalTree<V> {
             } else {
                 self.links[parent as usize].right = n;
             }
-            self.fix_upward(parent);
+            self.fix_upward(parent, NIL);
         }
         self.len += 1;
         Some(self.id_of(n))
@@ -636,8 +640,10 @@ impl<V> IntervalTree<V> {
     /// Exchanges the tree positions of `n` (which has two children) and its
     /// in-order successor `s` (the leftmost node of `n`'s right subtree).
     /// Afterwards `n` has no left child; the caller unlinks it and rebalances
-    /// from its new parent to the root, which refreshes every cached value
-    /// on the path (including `s`'s).
+    /// from its new parent upwards. `s` inherits `n`'s cached height and
+    /// maximum, which describe its new subtree as its parent expects, but
+    /// its children's cached values still reflect the old layout, so the
+    /// upward pass must refresh `s` before it may stop.
     fn swap_with_successor(&mut self, n: u32, s: u32) {
         let np = self.parent(n);
         let nl = self.left(n);
@@ -743,10 +749,30 @@ impl<V> IntervalTree<V> {
         }
     }
 
-    /// Rebalances and refreshes every node from `n` up to the root.
-    fn fix_upward(&mut self, mut n: u32) {
+    /// Rebalances and refreshes the nodes from `n` towards the root after a
+    /// single insertion or removal below `n`.
+    ///
+    /// Every node off that path satisfies "cached height and maximum are
+    /// those computed from its children's cached values", so the walk stops
+    /// at the first node that needs no rotation and whose cached values come
+    /// out unchanged: nothing above it can change either. `must_visit` (or
+    /// `NIL`) is an ancestor for which that local property does not hold
+    /// yet; the walk does not stop before refreshing it.
+    fn fix_upward(&mut self, mut n: u32, mut must_visit: u32) {
         while n != NIL {
+            let old_height = self.slots[n as usize].height;
+            let old_max = self.links[n as usize].subtree_last;
             let top = self.rebalance(n);
+            if n == must_visit {
+                must_visit = NIL;
+            }
+            if top == n
+                && must_visit == NIL
+                && self.slots[n as usize].height == old_height
+                && self.links[n as usize].subtree_last == old_max
+            {
+                return;
+            }
             n = self.parent(top);
         }
     }
