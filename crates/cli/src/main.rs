@@ -1,0 +1,271 @@
+//! `mmnotify`: the mmnotify command line.
+//!
+//! `race` runs the registration-cache race against the real kernel; `bench` measures the host
+//! cache and invalidation sources against their baselines.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use hostmm::race::{RaceConfig, RaceSource};
+use hostmm::{MonitorConfig, Source};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mmnotify",
+    version,
+    about = "MMU notifiers, their validator, and a registration cache that is never stale"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Race a registration cache against concurrent unmap/remap of the same range; reports
+    /// stale registrations (must be 0).
+    Race(RaceArgs),
+    /// Benchmarks of the host cache and invalidation sources, each next to its baseline.
+    Bench(BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceArg {
+    /// userfaultfd monitor thread; the mutator uses plain syscalls.
+    Uffd,
+    /// Bracketed munmap/mremap wrappers.
+    Bracketed,
+    /// uffd when this process may use it, bracketed otherwise.
+    Auto,
+}
+
+#[derive(clap::Args, Debug)]
+struct RaceArgs {
+    /// Rounds to run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Invalidation source.
+    #[arg(long, value_enum, default_value_t = SourceArg::Uffd)]
+    source: SourceArg,
+    /// Seed of the interleaving jitter (the run is repeatable in its choices, not in the
+    /// kernel's scheduling).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Pages in the raced range.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pages: u64,
+    /// Extra microseconds each registration takes (a slow ibv_reg_mr widens the race window).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    register_delay_us: u64,
+    /// Machine-readable output (one JSON object on stdout).
+    #[arg(long)]
+    json: bool,
+    /// Make userfaultfd fail with EPERM in this process first (as a sandbox would), to show the
+    /// fallback of `--source auto`.
+    #[arg(long)]
+    deny_uffd: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// A short run (seconds), less precise.
+    #[arg(long)]
+    quick: bool,
+    /// Machine-readable output (one JSON object on stdout).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct RaceJson {
+    source: &'static str,
+    fallback_reason: Option<String>,
+    rounds: u64,
+    stale: u64,
+    checked: u64,
+    frame_checked: u64,
+    replacements: u64,
+    lookups: u64,
+    failed_lookups: u64,
+    hits: u64,
+    misses: u64,
+    invalidations: u64,
+    retries: u64,
+    elapsed_s: f64,
+    seed: u64,
+}
+
+#[derive(Serialize)]
+struct BenchJson {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<String>,
+    baseline_value: Option<f64>,
+    ratio: Option<f64>,
+}
+
+fn progress_bar(len: u64, quiet: bool) -> Option<indicatif::ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rounds ({eta})",
+    ) {
+        pb.set_style(style);
+    }
+    Some(pb)
+}
+
+fn race(args: RaceArgs) -> Result<()> {
+    if args.deny_uffd {
+        hostmm::testing::deny_userfaultfd_in_this_thread(libc_eperm())
+            .context("installing the seccomp filter for --deny-uffd")?;
+    }
+    let (source, fallback_reason) = match args.source {
+        SourceArg::Uffd => (RaceSource::Uffd, None),
+        SourceArg::Bracketed => (RaceSource::Bracketed, None),
+        SourceArg::Auto => {
+            let host = hostmm::HostMm::new();
+            match Source::auto(&host, MonitorConfig::default()).context("probing userfaultfd")? {
+                (Source::Uffd(_), _) => (RaceSource::Uffd, None),
+                (Source::Bracketed, why) => {
+                    let why = why.map(|e| e.to_string());
+                    if !args.json {
+                        eprintln!(
+                            "note: falling back to the bracketed source: {}",
+                            why.as_deref().unwrap_or("uffd unavailable")
+                        );
+                    }
+                    (RaceSource::Bracketed, why)
+                }
+            }
+        }
+    };
+    let config = RaceConfig {
+        rounds: args.rounds,
+        source,
+        seed: args.seed,
+        pages: args.pages,
+        register_delay: Duration::from_micros(args.register_delay_us),
+        ..RaceConfig::default()
+    };
+    let pb = progress_bar(args.rounds, args.json);
+    let report = hostmm::race::run(&config, |done| {
+        if let Some(pb) = &pb {
+            pb.set_position(done);
+        }
+    })
+    .with_context(|| match source {
+        RaceSource::Uffd => "race with the uffd source failed (use --source auto to fall back to bracketed calls where uffd is not allowed)",
+        RaceSource::Bracketed => "race with the bracketed source failed",
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if args.json {
+        let j = RaceJson {
+            source: report.source,
+            fallback_reason,
+            rounds: report.rounds,
+            stale: report.stale,
+            checked: report.checked,
+            frame_checked: report.frame_checked,
+            replacements: report.replacements,
+            lookups: report.lookups,
+            failed_lookups: report.failed_lookups,
+            hits: report.cache.hits,
+            misses: report.cache.misses,
+            invalidations: report.cache.invalidations,
+            retries: report.cache.retries,
+            elapsed_s: report.elapsed.as_secs_f64(),
+            seed: report.seed,
+        };
+        println!("{}", serde_json::to_string(&j)?);
+    } else {
+        println!("rounds={} stale={}", report.rounds, report.stale);
+        println!(
+            "source={} replacements={} checked={} (by frame: {}) lookups={} failed_lookups={} hits={} misses={} invalidations={} retries={} time={:.2}s seed={}",
+            report.source,
+            report.replacements,
+            report.checked,
+            report.frame_checked,
+            report.lookups,
+            report.failed_lookups,
+            report.cache.hits,
+            report.cache.misses,
+            report.cache.invalidations,
+            report.cache.retries,
+            report.elapsed.as_secs_f64(),
+            report.seed
+        );
+    }
+    if report.stale > 0 {
+        bail!(
+            "{} of {} rounds left a stale registration in the cache",
+            report.stale,
+            report.rounds
+        );
+    }
+    Ok(())
+}
+
+fn libc_eperm() -> i32 {
+    1 // EPERM on every Linux architecture
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let cfg = if args.quick {
+        hostmm::bench::BenchConfig::quick()
+    } else {
+        hostmm::bench::BenchConfig::default()
+    };
+    if !args.json && std::io::stderr().is_terminal() {
+        eprintln!("measuring (medians of {} batches)...", cfg.batches);
+    }
+    let rows = hostmm::bench::all(&cfg).context("running the benchmarks")?;
+    if args.json {
+        let out: Vec<BenchJson> = rows
+            .iter()
+            .map(|r| BenchJson {
+                name: r.name.clone(),
+                value: r.value,
+                unit: r.unit,
+                baseline: r.baseline.as_ref().map(|b| b.0.clone()),
+                baseline_value: r.baseline.as_ref().map(|b| b.1),
+                ratio: r.ratio(),
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("| benchmark | median | baseline (same run) | baseline median | ratio |");
+        println!("|---|---|---|---|---|");
+        for r in &rows {
+            let (b, bv) = match &r.baseline {
+                Some((n, v)) => (n.as_str(), format!("{v:.3} {}", r.unit)),
+                None => ("-", "-".into()),
+            };
+            let ratio = r
+                .ratio()
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "| {} | {:.3} {} | {} | {} | {} |",
+                r.name, r.value, r.unit, b, bv, ratio
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Race(a) => race(a),
+        Command::Bench(a) => bench(a),
+    }
+}

@@ -1,0 +1,373 @@
+//! The benchmarks behind `mmnotify bench` and the README table: each figure is a median over
+//! repeated batches, and each is put next to its baseline measured in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::mapping::Mapping;
+use crate::monitor::{MonitorConfig, UffdMonitor};
+use crate::registrar::NoopRegistrar;
+use crate::va::page_size;
+use crate::{CacheConfig, HostMm, RegCache};
+
+/// One line of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchRow {
+    /// What was measured.
+    pub name: String,
+    /// The median.
+    pub value: f64,
+    /// Its unit (`"ns"`, `"us"`, `"Mops/s"`).
+    pub unit: &'static str,
+    /// What it is compared with, and that baseline's median.
+    pub baseline: Option<(String, f64)>,
+}
+
+impl BenchRow {
+    /// `value / baseline`.
+    pub fn ratio(&self) -> Option<f64> {
+        self.baseline.as_ref().map(|(_, b)| self.value / b)
+    }
+}
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// Batches per figure (the median is over them).
+    pub batches: usize,
+    /// Operations per batch for the nanosecond-scale figures.
+    pub ops: usize,
+    /// Operations per batch for the microsecond-scale figures (munmap, miss).
+    pub slow_ops: usize,
+    /// Entries in the cache for the hit benchmarks.
+    pub entries: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            batches: 11,
+            ops: 200_000,
+            slow_ops: 400,
+            entries: 512,
+        }
+    }
+}
+
+impl BenchConfig {
+    /// A quick run for tests and CI.
+    pub fn quick() -> Self {
+        Self {
+            batches: 3,
+            ops: 5_000,
+            slow_ops: 40,
+            entries: 64,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The baseline cache: one mutex around a `BTreeMap`, as libfabric and simple caches do.
+#[derive(Default)]
+pub struct MutexCache {
+    map: Mutex<BTreeMap<(u64, u64), Arc<u64>>>,
+}
+
+impl MutexCache {
+    /// Inserts a registration.
+    pub fn insert(&self, start: u64, end: u64) {
+        crate::primitive::lock(&self.map).insert((start, end), Arc::new(start));
+    }
+    /// The registration covering `[start, end)`.
+    pub fn lookup(&self, start: u64, end: u64) -> Option<Arc<u64>> {
+        let map = crate::primitive::lock(&self.map);
+        map.range(..=(start, u64::MAX))
+            .next_back()
+            .filter(|((_, e), _)| *e >= end)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// `munmap` of a touched 4 KiB page: bare, then monitored by uffd (a cached registration on
+/// it), then through the bracketed wrapper (with a cached registration). Medians in µs.
+pub fn munmap_costs(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    let page = page_size();
+    let time_batch = |unmap: &mut dyn FnMut(&Mapping) -> Result<()>,
+                      prep: &mut dyn FnMut(&Mapping) -> Result<()>|
+     -> Result<f64> {
+        let mut per_batch = Vec::new();
+        for _ in 0..cfg.batches {
+            let mut total = Duration::ZERO;
+            for _ in 0..cfg.slow_ops {
+                let m = Mapping::anonymous(page)?;
+                m.write_u64(0, 1);
+                prep(&m)?;
+                let t = Instant::now();
+                unmap(&m)?;
+                total += t.elapsed();
+                m.into_raw();
+            }
+            per_batch.push(total.as_secs_f64() * 1e6 / cfg.slow_ops as f64);
+        }
+        Ok(median(per_batch))
+    };
+    let raw_unmap = |m: &Mapping| -> Result<()> {
+        // SAFETY: the mapping is ours and no reference into it survives.
+        unsafe { rustix::mm::munmap(m.range().as_ptr(), m.len() as usize) }
+            .map_err(crate::error::sys("munmap"))
+    };
+    let bare = time_batch(&mut |m| raw_unmap(m), &mut |_| Ok(()))?;
+
+    let mut rows = Vec::new();
+    let host = HostMm::new();
+    match UffdMonitor::start(&host, MonitorConfig::default()) {
+        Ok(mon) => {
+            let cache = RegCache::new(
+                &host,
+                NoopRegistrar,
+                CacheConfig {
+                    monitor: Some(mon),
+                    max_entries: 1 << 20,
+                    ..Default::default()
+                },
+            )?;
+            let uffd = time_batch(&mut |m| raw_unmap(m), &mut |m| {
+                cache.get(m.addr(), page).map(|_| ())
+            })?;
+            rows.push(BenchRow {
+                name: "munmap 4 KiB, uffd-monitored, 1 cached registration".into(),
+                value: uffd,
+                unit: "us",
+                baseline: Some(("bare munmap".into(), bare)),
+            });
+        }
+        Err(e) => rows.push(BenchRow {
+            name: format!("munmap 4 KiB, uffd-monitored: skipped ({e})"),
+            value: f64::NAN,
+            unit: "us",
+            baseline: None,
+        }),
+    }
+    let host2 = HostMm::new();
+    let cache = RegCache::new(
+        &host2,
+        NoopRegistrar,
+        CacheConfig {
+            max_entries: 1 << 20,
+            ..Default::default()
+        },
+    )?;
+    let bracketed = time_batch(
+        // SAFETY: as above.
+        &mut |m| unsafe { host2.munmap(m.addr(), m.len()) },
+        &mut |m| cache.get(m.addr(), page).map(|_| ()),
+    )?;
+    rows.push(BenchRow {
+        name: "munmap 4 KiB, bracketed, 1 cached registration".into(),
+        value: bracketed,
+        unit: "us",
+        baseline: Some(("bare munmap".into(), bare)),
+    });
+    Ok(rows)
+}
+
+/// Hit latency of [`RegCache`] vs [`MutexCache`], one thread, `entries` cached ranges looked up
+/// in a scrambled order. Medians in ns per lookup.
+pub fn hit_latency(cfg: &BenchConfig) -> Result<BenchRow> {
+    let page = page_size();
+    let n = cfg.entries as u64;
+    let mem = Mapping::anonymous(n * page)?;
+    let host = HostMm::new();
+    let cache = RegCache::new(
+        &host,
+        NoopRegistrar,
+        CacheConfig {
+            max_entries: cfg.entries * 2,
+            ..Default::default()
+        },
+    )?;
+    let base = MutexCache::default();
+    for i in 0..n {
+        cache.get(mem.addr() + i * page, page)?;
+        base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
+    }
+    let key = |i: usize| mem.addr() + ((i as u64).wrapping_mul(7919) % n) * page;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..cfg.batches {
+        let t = Instant::now();
+        for i in 0..cfg.ops {
+            let h = cache.lookup(key(i), page)?;
+            std::hint::black_box(h);
+        }
+        ours.push(t.elapsed().as_nanos() as f64 / cfg.ops as f64);
+        let t = Instant::now();
+        for i in 0..cfg.ops {
+            let k = key(i);
+            std::hint::black_box(base.lookup(k, k + page));
+        }
+        theirs.push(t.elapsed().as_nanos() as f64 / cfg.ops as f64);
+    }
+    Ok(BenchRow {
+        name: format!("cache hit, 1 thread, {} entries", cfg.entries),
+        value: median(ours),
+        unit: "ns",
+        baseline: Some(("Mutex<BTreeMap> hit".into(), median(theirs))),
+    })
+}
+
+fn throughput(threads: usize, cfg: &BenchConfig, op: &(dyn Fn(usize) + Sync)) -> f64 {
+    let mut per_batch = Vec::new();
+    for _ in 0..cfg.batches {
+        let go = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        let t0 = std::thread::scope(|s| {
+            for t in 0..threads {
+                let (go, done) = (&go, &done);
+                s.spawn(move || {
+                    while !go.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                    for i in 0..cfg.ops {
+                        op(i * 31 + t * 17);
+                    }
+                    done.fetch_add(1, Ordering::AcqRel);
+                });
+            }
+            let t0 = Instant::now();
+            go.store(true, Ordering::Release);
+            t0
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        per_batch.push((threads * cfg.ops) as f64 / secs / 1e6);
+    }
+    median(per_batch)
+}
+
+/// Hit throughput with 1 and 2 threads, ours and the baseline's. Mops/s.
+pub fn hit_scaling(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    let page = page_size();
+    let n = cfg.entries as u64;
+    let mem = Mapping::anonymous(n * page)?;
+    let host = HostMm::new();
+    let cache = RegCache::new(
+        &host,
+        NoopRegistrar,
+        CacheConfig {
+            max_entries: cfg.entries * 2,
+            ..Default::default()
+        },
+    )?;
+    let base = MutexCache::default();
+    for i in 0..n {
+        cache.get(mem.addr() + i * page, page)?;
+        base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
+    }
+    let addr = mem.addr();
+    let ours = |i: usize| {
+        let k = addr + (i as u64 % n) * page;
+        std::hint::black_box(cache.lookup(k, page).ok());
+    };
+    let theirs = |i: usize| {
+        let k = addr + (i as u64 % n) * page;
+        std::hint::black_box(base.lookup(k, k + page));
+    };
+    let o1 = throughput(1, cfg, &ours);
+    let o2 = throughput(2, cfg, &ours);
+    let b1 = throughput(1, cfg, &theirs);
+    let b2 = throughput(2, cfg, &theirs);
+    Ok(vec![
+        BenchRow {
+            name: "hit throughput, 1 thread".into(),
+            value: o1,
+            unit: "Mops/s",
+            baseline: Some(("Mutex<BTreeMap>, 1 thread".into(), b1)),
+        },
+        BenchRow {
+            name: "hit throughput, 2 threads".into(),
+            value: o2,
+            unit: "Mops/s",
+            baseline: Some(("Mutex<BTreeMap>, 2 threads".into(), b2)),
+        },
+        BenchRow {
+            name: "hit scaling, 2 threads / 1 thread".into(),
+            value: o2 / o1,
+            unit: "x",
+            baseline: Some(("Mutex<BTreeMap> scaling".into(), b2 / b1)),
+        },
+    ])
+}
+
+/// Miss + register with a no-op registrar (interval insert, collision check, publish), for the
+/// bracketed source and with uffd watching; against the baseline's insert. µs per miss.
+pub fn miss_cost(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    let page = page_size();
+    let n = cfg.slow_ops as u64;
+    let mut rows = Vec::new();
+    let base_us = {
+        let mut v = Vec::new();
+        for _ in 0..cfg.batches {
+            let base = MutexCache::default();
+            let t = Instant::now();
+            for i in 0..n {
+                base.insert(i * page, (i + 1) * page);
+            }
+            v.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
+        median(v)
+    };
+    let run = |monitor: Option<UffdMonitor>, host: &HostMm| -> Result<f64> {
+        let mut v = Vec::new();
+        for _ in 0..cfg.batches {
+            let mem = Mapping::anonymous(n * page)?;
+            let cache = RegCache::new(
+                host,
+                NoopRegistrar,
+                CacheConfig {
+                    monitor: monitor.clone(),
+                    max_entries: cfg.slow_ops * 2,
+                    ..Default::default()
+                },
+            )?;
+            let t = Instant::now();
+            for i in 0..n {
+                cache.get(mem.addr() + i * page, page)?;
+            }
+            v.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
+        Ok(median(v))
+    };
+    let host = HostMm::new();
+    rows.push(BenchRow {
+        name: "miss + no-op register, bracketed source".into(),
+        value: run(None, &host)?,
+        unit: "us",
+        baseline: Some(("Mutex<BTreeMap> insert".into(), base_us)),
+    });
+    let host = HostMm::new();
+    if let Ok(mon) = UffdMonitor::start(&host, MonitorConfig::default()) {
+        rows.push(BenchRow {
+            name: "miss + no-op register, uffd source (coarse watch)".into(),
+            value: run(Some(mon), &host)?,
+            unit: "us",
+            baseline: Some(("Mutex<BTreeMap> insert".into(), base_us)),
+        });
+    }
+    Ok(rows)
+}
+
+/// Every benchmark, in table order.
+pub fn all(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    let mut rows = munmap_costs(cfg)?;
+    rows.push(hit_latency(cfg)?);
+    rows.extend(hit_scaling(cfg)?);
+    rows.extend(miss_cost(cfg)?);
+    Ok(rows)
+}

@@ -1,0 +1,90 @@
+//! # hostmm — the MMU-notifier contract with Linux itself as the primary MMU
+//!
+//! ## The problem
+//!
+//! User-space secondary MMUs — RDMA memory registrations, GPU host registrations, DMA maps,
+//! io_uring fixed buffers — translate virtual ranges of this process into something a device
+//! uses directly. When the process unmaps or remaps that memory, the translation is stale and
+//! a device writing through it corrupts whatever is mapped there next. Libraries that cache
+//! registrations (libfabric, UCX, Open MPI) learn about unmaps through code patching or
+//! userfaultfd, and still hand out stale registrations under a concurrent unmap/remap, deadlock
+//! when their monitor re-enters their locks, and exhaust `vm.max_map_count` by registering
+//! every entry with userfaultfd.
+//!
+//! ## The mechanism
+//!
+//! A [`HostMm`] holds the notifier state of the [`mmu_notifier`] crate for this process.
+//! Invalidations reach it from:
+//!
+//! * a [`UffdMonitor`] — userfaultfd in WP-only mode (no page faults ever), coarse registration
+//!   of whole mappings, one thread that never blocks holding a lock and opens a
+//!   [pending window](gate) before it acknowledges an event;
+//! * [bracketed calls](HostMm::munmap) — `start → syscall → end`, a true invalidation window;
+//! * an [`Importer`] — invalidations fed by another monitor.
+//!
+//! A [`RegCache`] keyed by virtual range sits on interval notifiers and publishes a
+//! registration only if no invalidation hit its range while it was being made (the kernel's
+//! `read_begin`/`read_retry`).
+//!
+//! ## Which API to reach for
+//!
+//! * A registration cache: [`RegCache`] over your [`Registrar`], with [`Source::auto`].
+//! * You already run a uffd or hook monitor: [`HostMm::importer`].
+//! * You unmap memory yourself and uffd is not allowed: [`HostMm::munmap`] and friends.
+//!
+//! ```
+//! use hostmm::{CacheConfig, HostMm, MonitorConfig, NoopRegistrar, RegCache, Source};
+//!
+//! let host = HostMm::new();
+//! let (source, why_not_uffd) = Source::auto(&host, MonitorConfig::default())?;
+//! if let Some(e) = why_not_uffd {
+//!     eprintln!("falling back to bracketed calls: {e}");
+//! }
+//! let cache = RegCache::new(&host, NoopRegistrar, CacheConfig { monitor: source.monitor(), ..Default::default() })?;
+//!
+//! let buf = hostmm::Mapping::anonymous(4096)?;
+//! let reg = cache.get(buf.addr(), 4096)?; // miss: registers
+//! assert!(cache.get(buf.addr(), 4096)?.is_valid()); // hit
+//! // Unmapping through the host (or, with uffd, by any means) invalidates the registration.
+//! buf.unmap_via(&host)?;
+//! assert!(!reg.is_valid());
+//! assert!(cache.is_free(reg.range().start(), 4096)?);
+//! # Ok::<(), hostmm::Error>(())
+//! ```
+
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+pub mod bench;
+mod bracketed;
+pub mod brlock;
+mod cache;
+mod error;
+pub mod gate;
+mod host;
+mod import;
+mod mapping;
+pub mod maps;
+mod monitor;
+mod primitive;
+pub mod race;
+mod registrar;
+mod source;
+pub mod testing;
+pub mod uffd;
+mod va;
+mod watch;
+
+pub use bracketed::advice_invalidates;
+pub use cache::{CacheConfig, CacheStats, Handle, RegCache};
+pub use error::{Error, RegistrarError, Result};
+pub use host::HostMm;
+pub use import::Importer;
+pub use mapping::Mapping;
+pub use mmu_notifier::Event;
+pub use monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
+pub use registrar::{
+    FrameRegistration, MlockRegistrar, NoopRegistrar, PagemapRegistrar, RangeCounts, Registrar,
+};
+pub use source::Source;
+pub use uffd::RegisterMode;
+pub use va::{page_size, VaRange};

@@ -1,0 +1,375 @@
+//! The userfaultfd monitor: one thread that turns `UNMAP`, `REMOVE` and `REMAP` events into
+//! invalidations of a [`HostMm`].
+//!
+//! # Rules the thread keeps
+//!
+//! * **It never blocks holding a lock.** It waits in `poll(2)` holding nothing; `read(2)` is
+//!   non-blocking and only called after `poll` reported data. The locks it takes while
+//!   processing (the watch set, each cache's lock inside the notifier callbacks) are only ever
+//!   held briefly by other threads, never across a system call that can wait for this thread.
+//! * **It opens the pending window before `read()`.** Linux lets the unmapping thread return as
+//!   soon as the event is read, before it is processed; the [window](crate::gate) makes every
+//!   lookup that starts after that return wait for the invalidation.
+//! * **It never unmaps monitored memory.** Its event buffer is on its stack, it does not
+//!   deregister anything (caches defer deregistration to their callers' threads), and it frees
+//!   nothing in its loop, so it cannot raise an event that only it could read.
+//! * **It survives `EINTR`**, and stops on an eventfd when the last handle goes away.
+//! * **It fails safe.** On an unexpected error it invalidates the whole address space and
+//!   makes further watches fail, instead of silently going deaf.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use mmu_notifier::{Event, Mm, Range};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::gate::Opener;
+use crate::host::HostMm;
+use crate::primitive::lock;
+use crate::uffd::{CreateSeam, RegisterMode, UffdEvent, Userfaultfd};
+use crate::va::VaRange;
+use crate::watch::{UnmapQueue, WatchSet};
+
+/// How a [`UffdMonitor`] is set up.
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    /// Registration mode; [`RegisterMode::WriteProtect`] (no faults ever) unless the kernel
+    /// lacks WP support.
+    pub mode: RegisterMode,
+    /// Cap on coarse regions (each may add VMAs); watches beyond it fail with
+    /// [`Error::TooManyRegions`].
+    pub max_regions: usize,
+    /// Test seam for the creation of the descriptor.
+    pub seam: CreateSeam,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            mode: RegisterMode::WriteProtect,
+            max_regions: 4096,
+            seam: CreateSeam::Real,
+        }
+    }
+}
+
+/// Counters of a monitor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorStats {
+    /// `UNMAP` events.
+    pub unmaps: u64,
+    /// `REMOVE` events.
+    pub removes: u64,
+    /// `REMAP` events.
+    pub remaps: u64,
+    /// Page faults resolved (MISSING mode only).
+    pub faults: u64,
+    /// Other events (ignored).
+    pub other: u64,
+    /// Pending windows opened.
+    pub windows: u64,
+    /// Coarse regions currently watched.
+    pub regions: usize,
+    /// UFFDIO_REGISTER calls made.
+    pub registers: u64,
+    /// UFFDIO_UNREGISTER calls made.
+    pub unregisters: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    unmaps: AtomicU64,
+    removes: AtomicU64,
+    remaps: AtomicU64,
+    faults: AtomicU64,
+    other: AtomicU64,
+    windows: AtomicU64,
+}
+
+struct Shared {
+    uffd: Userfaultfd,
+    watches: Mutex<WatchSet>,
+    unmapped: UnmapQueue,
+    failed: Mutex<Option<String>>,
+    counters: Counters,
+    mode: RegisterMode,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    wake: Arc<OwnedFd>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running userfaultfd monitor feeding one [`HostMm`]. Cloning is cheap; the thread stops
+/// when the last clone and the last [`Watch`] are gone.
+#[derive(Clone)]
+pub struct UffdMonitor {
+    inner: Arc<Inner>,
+}
+
+/// A reference on a coarse registration; dropping it may unregister the mapping.
+pub struct Watch {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl UffdMonitor {
+    /// Creates the descriptor and starts the monitor thread.
+    ///
+    /// Errors: [`Error::UffdPermission`] (EPERM: sandbox, seccomp, LSM),
+    /// [`Error::UffdUnavailable`] (ENOSYS), [`Error::UffdFeatures`]. In all of them the
+    /// documented fallback is the [bracketed wrappers](HostMm::munmap) or an
+    /// [`Importer`](crate::Importer): see [`crate::Source::auto`].
+    pub fn start(host: &HostMm, config: MonitorConfig) -> Result<Self> {
+        if config.max_regions == 0 {
+            return Err(Error::Config(
+                "MonitorConfig::max_regions must be at least 1",
+            ));
+        }
+        let uffd = Userfaultfd::new_monitor(config.seam)?;
+        let opener = host.gate().opener().ok_or(Error::Config(
+            "too many pending-window sources on one HostMm",
+        ))?;
+        let wake = Arc::new(
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(
+                |errno| Error::Sys {
+                    call: "eventfd",
+                    errno,
+                },
+            )?,
+        );
+        let shared = Arc::new(Shared {
+            uffd,
+            watches: Mutex::new(WatchSet::new(config.max_regions)),
+            unmapped: UnmapQueue::new(),
+            failed: Mutex::new(None),
+            counters: Counters::default(),
+            mode: config.mode,
+        });
+        let (s2, w2, mm) = (shared.clone(), wake.clone(), host.mm().clone());
+        let thread = std::thread::Builder::new()
+            .name("hostmm-uffd".into())
+            .spawn(move || run(&s2, &w2, &mm, opener))
+            .map_err(|source| Error::Io {
+                what: "spawning the uffd monitor thread",
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                wake,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Makes sure every mapping covering `[start, start + len)` is registered (whole mappings,
+    /// once), and takes a reference on it. Unaligned ranges are widened to pages.
+    ///
+    /// Errors: [`Error::NotMapped`], [`Error::UffdBusy`] (another uffd owns the mapping),
+    /// [`Error::UffdUnsupportedMapping`], [`Error::TooManyRegions`], [`Error::MonitorFailed`].
+    pub fn watch(&self, start: u64, len: u64) -> Result<Watch> {
+        self.watch_range(VaRange::covering(start, len)?)
+    }
+
+    pub(crate) fn watch_range(&self, want: VaRange) -> Result<Watch> {
+        let sh = &self.inner.shared;
+        if let Some(why) = lock(&sh.failed).clone() {
+            return Err(Error::MonitorFailed(why));
+        }
+        let mut ws = lock(&sh.watches);
+        sh.unmapped.drain_into(&mut ws);
+        let id = ws.watch(&sh.uffd, sh.mode, want, crate::maps::extent_of)?;
+        Ok(Watch {
+            inner: self.inner.clone(),
+            id,
+        })
+    }
+
+    /// The features the kernel granted (`UFFD_FEATURE_*`).
+    pub fn features(&self) -> u64 {
+        self.inner.shared.uffd.features()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> MonitorStats {
+        let sh = &self.inner.shared;
+        let c = &sh.counters;
+        let mut ws = lock(&sh.watches);
+        sh.unmapped.drain_into(&mut ws);
+        MonitorStats {
+            unmaps: c.unmaps.load(Ordering::Relaxed),
+            removes: c.removes.load(Ordering::Relaxed),
+            remaps: c.remaps.load(Ordering::Relaxed),
+            faults: c.faults.load(Ordering::Relaxed),
+            other: c.other.load(Ordering::Relaxed),
+            windows: c.windows.load(Ordering::Relaxed),
+            regions: ws.region_count(),
+            registers: ws.registers,
+            unregisters: ws.unregisters,
+        }
+    }
+
+    /// The live registered pieces (whole mappings), for diagnostics.
+    pub fn registered(&self) -> Vec<VaRange> {
+        let sh = &self.inner.shared;
+        let mut ws = lock(&sh.watches);
+        sh.unmapped.drain_into(&mut ws);
+        ws.pieces()
+    }
+
+    /// The monitor thread's pthread handle (tests interrupt it with signals to check `EINTR`
+    /// handling).
+    #[doc(hidden)]
+    pub fn pthread_for_tests(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        lock(&self.inner.thread).as_ref().map(|t| t.as_pthread_t())
+    }
+
+    /// Why the monitor thread stopped, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.inner.shared.failed).clone()
+    }
+}
+
+impl std::fmt::Debug for UffdMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UffdMonitor")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let sh = &self.inner.shared;
+        let mut ws = lock(&sh.watches);
+        sh.unmapped.drain_into(&mut ws);
+        ws.unwatch(&sh.uffd, self.id);
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("region", &self.id).finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        if let Some(t) = lock(&self.thread).take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn invalidate(mm: &Mm, start: u64, end: u64, event: Event) {
+    if let Ok(r) = Range::new(start, end, event) {
+        drop(mm.invalidate_range_start(r));
+    }
+}
+
+/// Turns one event into an invalidation. For unmaps, the vanished registration is queued for
+/// the watch set *before* the invalidation runs (see `watch.rs` for why the order matters);
+/// the queue, not the set, because this thread must not allocate.
+fn process(sh: &Shared, mm: &Mm, ev: UffdEvent) -> Result<()> {
+    let c = &sh.counters;
+    match ev {
+        UffdEvent::Unmap { start, end } => {
+            c.unmaps.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = VaRange::from_bounds(start, end) {
+                sh.unmapped.push(r);
+            }
+            invalidate(mm, start, end, Event::Unmap);
+        }
+        UffdEvent::Remove { start, end } => {
+            c.removes.fetch_add(1, Ordering::Relaxed);
+            invalidate(mm, start, end, Event::Clear);
+        }
+        UffdEvent::Remap { from, len, .. } => {
+            c.remaps.fetch_add(1, Ordering::Relaxed);
+            let end = from.saturating_add(len);
+            if let Some(r) = VaRange::from_bounds(from, end) {
+                sh.unmapped.push(r);
+            }
+            invalidate(mm, from, end, Event::Unmap);
+        }
+        UffdEvent::Pagefault { address, .. } => {
+            c.faults.fetch_add(1, Ordering::Relaxed);
+            let page = crate::va::page_size();
+            sh.uffd.zeropage(address & !(page - 1), page)?;
+        }
+        UffdEvent::Fork | UffdEvent::Unknown(_) => {
+            c.other.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+fn run(sh: &Shared, wake: &OwnedFd, mm: &Mm, opener: Opener) {
+    if let Err(e) = event_loop(sh, wake, mm, &opener) {
+        *lock(&sh.failed) = Some(e.to_string());
+        // Fail safe: nothing cached against this address space can be trusted any more.
+        invalidate(mm, 0, u64::MAX, Event::Release);
+    }
+}
+
+fn event_loop(sh: &Shared, wake: &OwnedFd, mm: &Mm, opener: &Opener) -> Result<()> {
+    let mut buf = [UffdEvent::Fork; 16];
+    loop {
+        let (uffd_ready, stop, bad) = {
+            let mut fds = [
+                PollFd::new(&sh.uffd, PollFlags::IN),
+                PollFd::new(wake, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(errno) => {
+                    return Err(Error::Sys {
+                        call: "poll",
+                        errno,
+                    })
+                }
+            }
+            let u = fds[0].revents();
+            (
+                u.contains(PollFlags::IN),
+                fds[1].revents().contains(PollFlags::IN),
+                u.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL),
+            )
+        };
+        if stop {
+            return Ok(());
+        }
+        if bad && !uffd_ready {
+            return Err(Error::MonitorFailed(
+                "userfaultfd reported POLLERR/POLLHUP".into(),
+            ));
+        }
+        if !uffd_ready {
+            continue;
+        }
+        // The window opens before read(): read() is what lets the unmapping thread return.
+        let window = opener.open();
+        sh.counters.windows.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let n = sh.uffd.read_events(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for ev in &buf[..n] {
+                process(sh, mm, *ev)?;
+            }
+        }
+        drop(window);
+    }
+}
