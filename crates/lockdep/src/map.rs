@@ -1,0 +1,254 @@
+//! Pseudo-locks: lock classes with no lock behind them (the kernel's bare `lockdep_map`).
+//!
+//! Some things behave like locks for deadlock purposes without being one: "reclaim may run
+//! here" (`fs_reclaim`), "an MMU-notifier invalidation is running" (the notifier map), "the
+//! work item is executing" (`flush_work`), "an SRCU read section is open" (`synchronize_srcu`
+//! waits for it). A [`LockMap`] names such a thing; code that *is inside* it holds it
+//! ([`LockMap::acquire`]), code that *may wait for it or cause it* validates an acquisition
+//! without holding it ([`LockMap::might_lock`], [`LockMap::wait`], [`LockMap::sync`]). Holding
+//! lock L while waiting records L → map; taking L inside the map records map → L; together they
+//! are the cycle that would hang.
+
+use std::marker::PhantomData;
+use std::panic::Location;
+
+use crate::class::{LockClass, LockClassKey};
+use crate::validator::{self, Held, How};
+use crate::Read;
+
+enum MapClass {
+    Key(LockClassKey),
+    Class(LockClass),
+}
+
+/// A pseudo-lock. Usually a `static`, so that it is one class:
+///
+/// ```
+/// use lockdep::LockMap;
+/// static WORK_RUNNING: LockMap = LockMap::new("my_work");
+///
+/// // The worker runs each item inside the map...
+/// {
+///     let _running = WORK_RUNNING.acquire();
+///     // ...do the work...
+/// }
+/// // ...and a flush waits for it: an acquisition that holds nothing.
+/// WORK_RUNNING.wait();
+/// ```
+pub struct LockMap {
+    class: MapClass,
+    #[cfg_attr(not(feature = "enabled"), allow(dead_code))]
+    reclaim: bool,
+}
+
+impl LockMap {
+    /// A pseudo-lock whose class is called `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            class: MapClass::Key(LockClassKey::new(name)),
+            reclaim: false,
+        }
+    }
+
+    /// The two reclaim maps: cycles through them are reported as reclaim inversions.
+    pub(crate) const fn new_reclaim(name: &'static str) -> Self {
+        Self {
+            class: MapClass::Key(LockClassKey::new(name)),
+            reclaim: true,
+        }
+    }
+
+    /// A pseudo-lock of an existing class (for example a [`DynamicKey`](crate::DynamicKey)'s,
+    /// for per-object maps such as one per SRCU domain).
+    pub fn with_class(class: impl Into<LockClass>) -> Self {
+        Self {
+            class: MapClass::Class(class.into()),
+            reclaim: false,
+        }
+    }
+
+    /// The map's class.
+    #[inline]
+    pub fn class(&self) -> LockClass {
+        match &self.class {
+            #[cfg(feature = "enabled")]
+            MapClass::Key(k) if self.reclaim => k.class_flagged(true),
+            MapClass::Key(k) => k.class(),
+            MapClass::Class(c) => *c,
+        }
+    }
+
+    fn instance(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Holds the map exclusively until the guard drops (`lock_map_acquire`).
+    #[inline]
+    #[track_caller]
+    pub fn acquire(&self) -> LockMapGuard<'_> {
+        self.guard(How::new(Read::Exclusive))
+    }
+
+    /// Holds the map as a recursive reader until the guard drops (`lock_map_acquire_read`:
+    /// an SRCU read section, a work item that may run concurrently with itself).
+    #[inline]
+    #[track_caller]
+    pub fn acquire_read(&self) -> LockMapGuard<'_> {
+        self.guard(How::new(Read::Recursive))
+    }
+
+    /// Holds the map as a non-recursive reader until the guard drops.
+    #[inline]
+    #[track_caller]
+    pub fn acquire_shared(&self) -> LockMapGuard<'_> {
+        self.guard(How::new(Read::Shared))
+    }
+
+    /// Holds the map as a trylock (no ordering edge into it) until the guard drops
+    /// (`lock_map_acquire_tryread` when `read`).
+    #[inline]
+    #[track_caller]
+    pub fn acquire_try(&self, read: bool) -> LockMapGuard<'_> {
+        let r = if read {
+            Read::Recursive
+        } else {
+            Read::Exclusive
+        };
+        self.guard(How::new(r).trylock())
+    }
+
+    #[inline]
+    #[track_caller]
+    fn guard(&self, how: How) -> LockMapGuard<'_> {
+        LockMapGuard {
+            _held: validator::acquire(self.class(), self.instance(), how, Location::caller()),
+            _map: PhantomData,
+        }
+    }
+
+    /// Acquires the map exclusively with no guard (`lock_map_acquire`); pair with
+    /// [`LockMap::release_raw`] on the same thread. For acquire and release that live in
+    /// different functions, like `fs_reclaim_acquire`/`fs_reclaim_release`.
+    #[inline]
+    #[track_caller]
+    pub fn acquire_raw(&self) {
+        std::mem::forget(validator::acquire(
+            self.class(),
+            self.instance(),
+            How::new(Read::Exclusive),
+            Location::caller(),
+        ));
+    }
+
+    /// Releases an [`LockMap::acquire_raw`] (`lock_map_release`). Releasing a map the task
+    /// does not hold is reported as [`ReportKind::BadUnlock`](crate::ReportKind::BadUnlock).
+    #[inline]
+    #[track_caller]
+    pub fn release_raw(&self) {
+        if crate::is_enabled() {
+            validator::release(self.instance(), Some(Location::caller()));
+        }
+    }
+
+    /// Records the dependencies of acquiring the map exclusively, without holding it
+    /// (`might_lock`).
+    #[inline]
+    #[track_caller]
+    pub fn might_lock(&self) {
+        validator::might_acquire(self.class(), How::new(Read::Exclusive), Location::caller());
+    }
+
+    /// [`LockMap::might_lock`] for a reader (`might_lock_read`).
+    #[inline]
+    #[track_caller]
+    pub fn might_lock_read(&self) {
+        validator::might_acquire(self.class(), How::new(Read::Shared), Location::caller());
+    }
+
+    /// [`LockMap::might_lock`] of subclass `subclass` (`might_lock_nested`).
+    #[inline]
+    #[track_caller]
+    pub fn might_lock_nested(&self, subclass: u8) {
+        validator::might_acquire(
+            self.class().subclass(subclass),
+            How::new(Read::Exclusive),
+            Location::caller(),
+        );
+    }
+
+    /// Waits for every holder of the map to leave (`lock_map_sync`, as in
+    /// `synchronize_srcu`): may sleep, and depends on everything the holders depend on.
+    #[inline]
+    #[track_caller]
+    pub fn sync(&self) {
+        validator::might_acquire(
+            self.class(),
+            How::new(Read::Exclusive).sleep(),
+            Location::caller(),
+        );
+    }
+
+    /// A wait modelled as an acquisition: waiting for whatever runs inside the map while
+    /// holding lock L records L → map, and may sleep. Use for grace periods, sequence-count
+    /// waits, flushes; call it right before blocking.
+    #[inline]
+    #[track_caller]
+    pub fn wait(&self) {
+        validator::might_acquire(
+            self.class(),
+            How::new(Read::Exclusive).sleep(),
+            Location::caller(),
+        );
+    }
+
+    /// [`LockMap::wait`] as a reader: for waits that may run concurrently with other readers'
+    /// (a reader waiting for a writer to finish).
+    #[inline]
+    #[track_caller]
+    pub fn wait_read(&self) {
+        validator::might_acquire(
+            self.class(),
+            How::new(Read::Shared).sleep(),
+            Location::caller(),
+        );
+    }
+
+    /// Whether the current task holds the map (`lock_is_held`); `true` when validation is
+    /// off, like the kernel's.
+    pub fn is_held(&self) -> bool {
+        validator::is_held(self.instance())
+    }
+}
+
+impl std::fmt::Debug for LockMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockMap")
+            .field("class", &self.class())
+            .finish()
+    }
+}
+
+/// A held [`LockMap`]; released on drop.
+#[must_use = "the map is released when the guard is dropped"]
+pub struct LockMapGuard<'a> {
+    _held: Held,
+    _map: PhantomData<&'a LockMap>,
+}
+
+impl std::fmt::Debug for LockMapGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockMapGuard")
+    }
+}
+
+/// A wait modelled as an acquisition of `class` (see [`LockMap::wait`]), for crates that
+/// keep a class rather than a map.
+#[inline]
+#[track_caller]
+pub fn wait_as_acquire(class: impl Into<LockClass>) {
+    validator::might_acquire(
+        class.into(),
+        How::new(Read::Exclusive).sleep(),
+        Location::caller(),
+    );
+}

@@ -1,0 +1,472 @@
+//! The validator core: acquisition, release and the chain validation that ties the per-task
+//! held-lock stack, the chain cache and the dependency graph together.
+//!
+//! On every acquisition (kernel: `__lock_acquire` → `validate_chain`):
+//! 1. If the lock may sleep, check the context (`might_sleep`).
+//! 2. Extend the task's chain key by the new lock. Unless this is a trylock, look the key up
+//!    in the chain cache: a hit ends validation (no lock taken).
+//! 3. On a miss, under the graph lock: look again, check for a lock of the same class already
+//!    held (AA), then add the edge from the held lock on top to the new one (and from any
+//!    trylocks above it), each after a strong-path search for a cycle it would close. Then
+//!    publish the chain key.
+//! 4. Push the held entry.
+//!
+//! Reports are made outside the task's state and the graph lock, and before the push, so a
+//! strict-mode panic leaves the stack as it was.
+
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::sync::Arc;
+
+use crate::chain::{chain_hash, ChainCache};
+use crate::class::LockClass;
+use crate::graph::{dep_bit, dep_names, EdgeOrigin, Graph};
+use crate::primitive::RawMutex;
+use crate::report::{self, class_ref, ContextInfo, Dependency, Report, ReportKind};
+use crate::task::{with_task, HeldLock, Read, Task};
+
+/// Slots in the process-wide chain cache (the kernel's `MAX_LOCKDEP_CHAINS` is 65536).
+const CHAIN_CAPACITY: usize = 1 << 16;
+
+/// The chain cache and the graph.
+pub(crate) struct Validator {
+    chains: ChainCache,
+    graph: RawMutex<Graph>,
+}
+
+impl Validator {
+    pub(crate) fn new(chain_capacity: usize) -> Self {
+        Self {
+            chains: ChainCache::new(chain_capacity),
+            graph: RawMutex::new(Graph::default()),
+        }
+    }
+
+    /// The steady state: a lock-free probe. On a miss, `validate` runs under the graph lock
+    /// unless another thread validated the same chain meanwhile, then the key is published.
+    #[inline]
+    pub(crate) fn lookup_or_validate<R>(
+        &self,
+        key: u64,
+        validate: impl FnOnce(&mut Graph) -> Option<R>,
+    ) -> Option<R> {
+        if self.chains.contains(key) {
+            return None;
+        }
+        self.validate_slow(key, validate)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn validate_slow<R>(
+        &self,
+        key: u64,
+        validate: impl FnOnce(&mut Graph) -> Option<R>,
+    ) -> Option<R> {
+        let mut g = self.graph.lock();
+        if self.chains.contains(key) {
+            return None;
+        }
+        g.chains_validated += 1;
+        let r = validate(&mut g);
+        let mut used = g.chains_used;
+        let published = self.chains.insert(key, &mut used);
+        g.chains_used = used;
+        if !published && !g.chains_full_reported {
+            g.chains_full_reported = true;
+            crate::report::note_chain_table_full();
+        }
+        r
+    }
+
+    pub(crate) fn with_graph<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
+        f(&mut self.graph.lock())
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) fn validator() -> &'static Validator {
+    static V: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
+    V.get_or_init(|| Validator::new(CHAIN_CAPACITY))
+}
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref VALIDATOR: Validator = Validator::new(256);
+}
+
+#[cfg(loom)]
+pub(crate) fn validator() -> &'static Validator {
+    &VALIDATOR
+}
+
+/// How an acquisition holds the lock.
+#[derive(Clone, Copy)]
+pub(crate) struct How {
+    pub(crate) read: Read,
+    pub(crate) trylock: bool,
+    /// Spinning lock: holding it makes the context atomic.
+    pub(crate) spin: bool,
+    /// The acquisition may sleep: check the context first.
+    pub(crate) sleep: bool,
+}
+
+impl How {
+    pub(crate) const fn new(read: Read) -> Self {
+        Self {
+            read,
+            trylock: false,
+            spin: false,
+            sleep: false,
+        }
+    }
+    pub(crate) const fn trylock(mut self) -> Self {
+        self.trylock = true;
+        self
+    }
+    pub(crate) const fn spin(mut self) -> Self {
+        self.spin = true;
+        self
+    }
+    pub(crate) const fn sleep(mut self) -> Self {
+        self.sleep = true;
+        self
+    }
+}
+
+/// Proof that an acquisition was recorded; releasing it on drop. `!Send`: a lock is released
+/// by the task that holds it.
+#[must_use]
+pub(crate) struct Held {
+    /// The lock's address, or 0 when the acquisition was not recorded.
+    instance: usize,
+    _task_bound: PhantomData<*const ()>,
+}
+
+impl Held {
+    pub(crate) const fn untracked() -> Self {
+        Self {
+            instance: 0,
+            _task_bound: PhantomData,
+        }
+    }
+}
+
+impl Drop for Held {
+    #[inline]
+    fn drop(&mut self) {
+        if self.instance != 0 {
+            release(self.instance, None);
+        }
+    }
+}
+
+/// Records an acquisition of a lock of `class` at address `instance` (non-zero).
+#[inline]
+pub(crate) fn acquire(
+    class: LockClass,
+    instance: usize,
+    how: How,
+    loc: &'static Location<'static>,
+) -> Held {
+    if !crate::is_enabled() {
+        return Held::untracked();
+    }
+    let info = class.info;
+    let outcome = with_task(|t| {
+        let key = chain_hash(t.chain_key, info.id, how.read);
+        let entry = HeldLock {
+            class: info,
+            instance,
+            read: how.read,
+            trylock: how.trylock,
+            spin: how.spin,
+            loc,
+            prev_chain_key: t.chain_key,
+        };
+        let sleep = if how.sleep && (t.preempt_count > 0 || t.non_block > 0) {
+            Some(sleep_report(t, loc))
+        } else {
+            None
+        };
+        let cycle = if how.trylock {
+            None
+        } else {
+            validator().lookup_or_validate(key, |g| validate_chain(g, t, &entry))
+        };
+        if sleep.is_none() && cycle.is_none() {
+            t.push(entry, key);
+            return Ok(());
+        }
+        Err(Box::new((entry, key, [sleep, cycle], t.scopes.clone())))
+    });
+    match outcome {
+        None => Held::untracked(),
+        Some(Ok(())) => Held {
+            instance,
+            _task_bound: PhantomData,
+        },
+        Some(Err(pending)) => {
+            let (entry, key, reports, scopes) = *pending;
+            for r in reports.into_iter().flatten() {
+                report::emit(r, &scopes);
+            }
+            with_task(|t| t.push(entry, key));
+            Held {
+                instance,
+                _task_bound: PhantomData,
+            }
+        }
+    }
+}
+
+/// Validates an acquisition without holding the lock afterwards: `might_lock`, waits and
+/// `lock_map_sync`.
+#[inline]
+pub(crate) fn might_acquire(class: LockClass, how: How, loc: &'static Location<'static>) {
+    if !crate::is_enabled() {
+        return;
+    }
+    let info = class.info;
+    let outcome = with_task(|t| {
+        let mut reports = [None, None];
+        if how.sleep && (t.preempt_count > 0 || t.non_block > 0) {
+            reports[0] = Some(sleep_report(t, loc));
+        }
+        let key = chain_hash(t.chain_key, info.id, how.read);
+        let entry = HeldLock {
+            class: info,
+            instance: usize::MAX,
+            read: how.read,
+            trylock: false,
+            spin: false,
+            loc,
+            prev_chain_key: t.chain_key,
+        };
+        reports[1] = validator().lookup_or_validate(key, |g| validate_chain(g, t, &entry));
+        if reports.iter().all(Option::is_none) {
+            return None;
+        }
+        Some((reports, t.scopes.clone()))
+    });
+    if let Some(Some((reports, scopes))) = outcome {
+        for r in reports.into_iter().flatten() {
+            report::emit(r, &scopes);
+        }
+    }
+}
+
+/// Records the release of the lock at `instance`. A release of a lock the task does not
+/// hold is a [`ReportKind::BadUnlock`] (with `loc` when the caller knows it).
+#[inline]
+pub(crate) fn release(instance: usize, loc: Option<&'static Location<'static>>) {
+    let bad = with_task(|t| {
+        if t.pop(instance) {
+            None
+        } else {
+            Some(bad_unlock_report(t, loc))
+        }
+    });
+    if let Some(Some((r, scopes))) = bad {
+        report::emit(r, &scopes);
+    }
+}
+
+#[cold]
+fn bad_unlock_report(
+    t: &Task,
+    loc: Option<&'static Location<'static>>,
+) -> (Report, Vec<Arc<crate::testing::ScopeInner>>) {
+    let mut r = Report::new(ReportKind::BadUnlock, t.thread(), loc);
+    r.message = format!(
+        "thread '{}' (pid {}) is trying to release a lock it does not hold.",
+        t.name, t.pid
+    );
+    r.held = t.held_info();
+    (r, t.scopes.clone())
+}
+
+/// The `SleepingInInvalidContext` report for the task's current context.
+#[cold]
+pub(crate) fn sleep_report(t: &Task, loc: &'static Location<'static>) -> Report {
+    let mut r = Report::new(ReportKind::SleepingInInvalidContext, t.thread(), Some(loc));
+    r.context = Some(context_info(t));
+    r.held = t.held_info();
+    let why = if t.preempt_count > 0 {
+        if t.held.iter().any(|h| h.spin) {
+            "a spinlock is held (atomic context)"
+        } else {
+            "inside an atomic section"
+        }
+    } else {
+        "inside non_block_start() .. non_block_end(), where nothing may block (the OOM reaper \
+         calling MMU notifiers must make progress)"
+    };
+    r.message = format!("something that may sleep was called {why}.");
+    r
+}
+
+pub(crate) fn context_info(t: &Task) -> ContextInfo {
+    ContextInfo {
+        in_atomic: u32::from(t.preempt_count > 0),
+        irqs_disabled: 0,
+        non_block: t.non_block,
+        preempt_count: t.preempt_count,
+        atomic_since: t.atomic_since.map(Into::into),
+        non_block_since: t.non_block_since.map(Into::into),
+    }
+}
+
+/// Validates `next` against the task's held locks under the graph lock (a chain-cache miss).
+#[cold]
+fn validate_chain(g: &mut Graph, t: &Task, next: &HeldLock) -> Option<Report> {
+    g.node_mut(next.class);
+    // AA: the same class already held (`check_deadlock`). Recursive read on top of a read
+    // hold is fine.
+    if let Some(prev) = t.held.iter().rev().find(|h| h.class.id == next.class.id) {
+        if !(next.read == Read::Recursive && prev.read != Read::Exclusive) {
+            return Some(recursive_report(t, prev, next));
+        }
+    }
+    // Edges from the held locks on top down to the first non-trylock one
+    // (`check_prevs_add`): deeper locks are connected to `next` through it.
+    for prev in t.held.iter().rev() {
+        if prev.class.id != next.class.id {
+            if let Some(r) = check_prev_add(g, t, prev, next) {
+                return Some(r);
+            }
+        }
+        if !prev.trylock {
+            break;
+        }
+    }
+    None
+}
+
+/// Adds the edge `prev -> next` unless it closes a strong cycle (`check_prev_add`).
+fn check_prev_add(g: &mut Graph, t: &Task, prev: &HeldLock, next: &HeldLock) -> Option<Report> {
+    let bit = dep_bit(prev.read, next.read);
+    if g.edge(prev.class.id, next.class.id)
+        .is_some_and(|e| e.kinds & bit != 0)
+    {
+        return None;
+    }
+    if let Some(path) = g.find_strong_path(
+        next.class.id,
+        next.read == Read::Recursive,
+        prev.class.id,
+        prev.read == Read::Exclusive,
+    ) {
+        return Some(cycle_report(g, t, prev, next, bit, &path));
+    }
+    g.add_edge(prev.class, next.class, bit, || EdgeOrigin {
+        from_loc: prev.loc,
+        to_loc: next.loc,
+        thread: Arc::from(t.name.as_str()),
+    });
+    None
+}
+
+#[cold]
+fn cycle_report(
+    g: &Graph,
+    t: &Task,
+    prev: &HeldLock,
+    next: &HeldLock,
+    bit: u8,
+    path: &[crate::graph::Step],
+) -> Report {
+    let mut cycle = vec![Dependency {
+        from: class_ref(prev.class),
+        to: class_ref(next.class),
+        kinds: dep_names(bit),
+        from_acquired_at: prev.loc.into(),
+        to_acquired_at: next.loc.into(),
+        thread: t.name.clone(),
+        new: true,
+    }];
+    let mut reclaim = prev.class.reclaim || next.class.reclaim;
+    for step in path {
+        let e = g.edge_at(step);
+        let (Some(from), Some(to)) = (g.class(step.from), g.class(e.to)) else {
+            continue;
+        };
+        reclaim |= from.reclaim || to.reclaim;
+        cycle.push(Dependency {
+            from: class_ref(from),
+            to: class_ref(to),
+            kinds: dep_names(e.kinds),
+            from_acquired_at: e.origin.from_loc.into(),
+            to_acquired_at: e.origin.to_loc.into(),
+            thread: e.origin.thread.to_string(),
+            new: false,
+        });
+    }
+    let kind = if reclaim {
+        ReportKind::ReclaimInversion
+    } else {
+        ReportKind::PossibleCircularLockingDependency
+    };
+    let mut r = Report::new(kind, t.thread(), Some(next.loc));
+    r.message = format!(
+        "thread '{}' (pid {}) is trying to acquire lock ({}) while holding ({}),\nbut ({}) \
+         already depends on ({}) through the chain below, so this order can deadlock.",
+        t.name, t.pid, next.class.name, prev.class.name, next.class.name, prev.class.name
+    );
+    if reclaim {
+        r.message.push_str(
+            "\nThe cycle goes through memory reclaim: a lock held across an allocation that may \
+             enter direct reclaim (fs_reclaim, and reclaim may invalidate mappings through MMU \
+             notifiers) is also taken in reclaim or in an MMU-notifier callback. Allocate before \
+             taking the lock, or use Gfp::ATOMIC / Gfp::NOWAIT.",
+        );
+    }
+    r.lock = Some(next.info());
+    r.held = t.held_info();
+    r.cycle = cycle;
+    r
+}
+
+#[cold]
+fn recursive_report(t: &Task, prev: &HeldLock, next: &HeldLock) -> Report {
+    let kind = if next.class.reclaim {
+        ReportKind::ReclaimRecursion
+    } else {
+        ReportKind::RecursiveLocking
+    };
+    let mut r = Report::new(kind, t.thread(), Some(next.loc));
+    r.message = format!(
+        "thread '{}' (pid {}) is trying to acquire lock ({}) but already holds a lock of the \
+         same class, acquired at {}.\nIf these are two different objects taken in a defined \
+         order, give the inner one a subclass (lock_nested); otherwise this deadlocks.",
+        t.name, t.pid, next.class.name, prev.loc
+    );
+    if next.class.reclaim {
+        r.message.push_str(
+            "\nThis is an allocation that may enter reclaim made from inside reclaim: use \
+             Gfp::NOFS / memalloc_noreclaim_save() there.",
+        );
+    }
+    r.lock = Some(next.info());
+    r.held = t.held_info();
+    r
+}
+
+/// Removes the classes' dependencies (a dynamic key was dropped).
+pub(crate) fn forget_classes(ids: &[u32]) {
+    validator().with_graph(|g| g.forget(ids));
+}
+
+/// Number of chains validated so far (cache misses), process-wide.
+pub(crate) fn chains_validated() -> u64 {
+    validator().with_graph(|g| g.chains_validated)
+}
+
+/// Whether the current task holds the lock at `instance` (`lockdep_is_held`); `true` when
+/// validation is off or the task state is gone.
+pub(crate) fn is_held(instance: usize) -> bool {
+    if !crate::is_enabled() {
+        return true;
+    }
+    with_task(|t| t.held.iter().any(|h| h.instance == instance)).unwrap_or(true)
+}
