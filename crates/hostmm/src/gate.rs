@@ -26,7 +26,9 @@
 //! something the monitor needs. The fast path is one load of a counter that is zero whenever no
 //! window is open.
 
-use crate::primitive::{lock, spin_step, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::primitive::{
+    model_lock as lock, spin_step, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering,
+};
 use std::sync::Arc;
 
 /// How many sources may hold a slot at once.

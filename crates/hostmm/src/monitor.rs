@@ -95,6 +95,9 @@ struct Shared {
     watches: Mutex<WatchSet>,
     unmapped: UnmapQueue,
     failed: Mutex<Option<String>>,
+    /// The mapping holding the monitor thread's own stack: never registered, because glibc
+    /// `madvise`s a dying thread's stack and only this thread could read that event.
+    own_stack: Mutex<Option<VaRange>>,
     counters: Counters,
     mode: RegisterMode,
 }
@@ -148,6 +151,7 @@ impl UffdMonitor {
             watches: Mutex::new(WatchSet::new(config.max_regions)),
             unmapped: UnmapQueue::new(),
             failed: Mutex::new(None),
+            own_stack: Mutex::new(None),
             counters: Counters::default(),
             mode: config.mode,
         });
@@ -184,7 +188,14 @@ impl UffdMonitor {
         }
         let mut ws = lock(&sh.watches);
         sh.unmapped.drain_into(&mut ws);
-        let id = ws.watch(&sh.uffd, sh.mode, want, crate::maps::extent_of)?;
+        let own_stack = *lock(&sh.own_stack);
+        let id = ws.watch(&sh.uffd, sh.mode, want, |w| {
+            let ext = crate::maps::extent_of(w)?;
+            Ok(match own_stack {
+                Some(st) if st.overlaps(&ext) => clip_around(ext, st, w),
+                _ => ext,
+            })
+        })?;
         Ok(Watch {
             inner: self.inner.clone(),
             id,
@@ -268,6 +279,17 @@ impl Drop for Inner {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// The part of `ext` on `want`'s side of `hole` (`want` never overlaps the monitor's stack).
+fn clip_around(ext: VaRange, hole: VaRange, want: VaRange) -> VaRange {
+    if want.end() <= hole.start() {
+        VaRange::from_bounds(ext.start(), hole.start().min(ext.end())).unwrap_or(want)
+    } else if want.start() >= hole.end() {
+        VaRange::from_bounds(hole.end().max(ext.start()), ext.end()).unwrap_or(want)
+    } else {
+        want
     }
 }
 

@@ -29,8 +29,14 @@ pub(crate) fn spin_step(i: u32) {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: every structure guarded here stays consistent across a
-/// panic (updates are single assignments), and library code must not panic on another's panic.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a `std` mutex, ignoring poisoning: every structure guarded here stays consistent
+/// across a panic (updates are single assignments), and library code must not panic on
+/// another's panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The same for the model-checked mutex of this module (std's, or loom's under `cfg(loom)`).
+pub(crate) fn model_lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

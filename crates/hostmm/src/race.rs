@@ -383,6 +383,10 @@ pub fn run(config: &RaceConfig, mut progress: impl FnMut(u64)) -> Result<RaceRep
                 }
                 done.store(true, Ordering::SeqCst);
                 barrier.wait();
+                // The looker reads the same flag after the same barrier and stops too.
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
             }
         });
 

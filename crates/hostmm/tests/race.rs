@@ -2,7 +2,12 @@
 
 use hostmm::race::{run, RaceConfig, RaceSource};
 
+/// The race re-maps its range at a fixed address (MAP_FIXED_NOREPLACE); another race in the
+/// same process could take that address in between, which the harness reports as an error.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn race(source: RaceSource, rounds: u64, delay_us: u64) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let config = RaceConfig {
         rounds,
         source,
@@ -26,8 +31,6 @@ fn race(source: RaceSource, rounds: u64, delay_us: u64) {
     }
 }
 
-// One test per source, serial within each (the two share nothing but the process; the uffd
-// one registers only its own target mapping and the race's neighbours).
 #[test]
 fn race_uffd_has_no_stale_registration() {
     race(RaceSource::Uffd, 1500, 0);
