@@ -132,12 +132,13 @@ impl LockMap {
     #[inline]
     #[track_caller]
     pub fn acquire_raw(&self) {
-        std::mem::forget(validator::acquire(
+        validator::acquire(
             self.class(),
             self.instance(),
             How::new(Read::Exclusive),
             Location::caller(),
-        ));
+        )
+        .keep_held();
     }
 
     /// Releases an [`LockMap::acquire_raw`] (`lock_map_release`). Releasing a map the task

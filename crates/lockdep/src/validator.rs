@@ -85,6 +85,7 @@ impl Validator {
 }
 
 #[cfg(not(loom))]
+#[inline]
 pub(crate) fn validator() -> &'static Validator {
     static V: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
     V.get_or_init(|| Validator::new(CHAIN_CAPACITY))
@@ -144,6 +145,11 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// Leaves the lock recorded as held; a later `release` removes it.
+    pub(crate) fn keep_held(self) {
+        std::mem::forget(self);
+    }
+
     pub(crate) const fn untracked() -> Self {
         Self {
             instance: 0,
@@ -173,6 +179,53 @@ pub(crate) fn acquire(
         return Held::untracked();
     }
     let info = class.info;
+    // The fast path builds the entry straight into the stack's storage: an entry built
+    // earlier and borrowed by the validation closure was spilled and copied back, which cost
+    // a store-forwarding stall on every acquisition.
+    let fast = with_task(|t| {
+        let prev = t.chain_key;
+        let key = chain_hash(prev, info.id, how.read);
+        let bad_context = how.sleep && (t.preempt_count | t.non_block) != 0;
+        // With nothing held there is nothing to order against: skip the lookup.
+        let validated = how.trylock || t.held.is_empty() || validator().chains.contains(key);
+        if bad_context || !validated {
+            return false;
+        }
+        if how.spin {
+            t.enter_atomic(loc);
+        }
+        t.held.push(HeldLock {
+            class: info,
+            instance,
+            read: how.read,
+            trylock: how.trylock,
+            spin: how.spin,
+            loc,
+            prev_chain_key: prev,
+        });
+        t.chain_key = key;
+        true
+    });
+    match fast {
+        Some(true) => Held {
+            instance,
+            _task_bound: PhantomData,
+        },
+        Some(false) => acquire_slow(info, instance, how, loc),
+        None => Held::untracked(),
+    }
+}
+
+/// An acquisition whose chain is new or whose context is wrong: validate under the graph
+/// lock, report outside every lock, then push.
+#[cold]
+#[inline(never)]
+fn acquire_slow(
+    info: &'static crate::class::ClassInfo,
+    instance: usize,
+    how: How,
+    loc: &'static Location<'static>,
+) -> Held {
     let outcome = with_task(|t| {
         let key = chain_hash(t.chain_key, info.id, how.read);
         let entry = HeldLock {
@@ -196,18 +249,17 @@ pub(crate) fn acquire(
         };
         if sleep.is_none() && cycle.is_none() {
             t.push(entry, key);
-            return Ok(());
+            return None;
         }
-        Err(Box::new((entry, key, [sleep, cycle], t.scopes.clone())))
+        Some((entry, key, [sleep, cycle], t.scopes.clone()))
     });
     match outcome {
         None => Held::untracked(),
-        Some(Ok(())) => Held {
+        Some(None) => Held {
             instance,
             _task_bound: PhantomData,
         },
-        Some(Err(pending)) => {
-            let (entry, key, reports, scopes) = *pending;
+        Some(Some((entry, key, reports, scopes))) => {
             for r in reports.into_iter().flatten() {
                 report::emit(r, &scopes);
             }
@@ -260,14 +312,15 @@ pub(crate) fn might_acquire(class: LockClass, how: How, loc: &'static Location<'
 /// hold is a [`ReportKind::BadUnlock`] (with `loc` when the caller knows it).
 #[inline]
 pub(crate) fn release(instance: usize, loc: Option<&'static Location<'static>>) {
-    let bad = with_task(|t| {
-        if t.pop(instance) {
-            None
-        } else {
-            Some(bad_unlock_report(t, loc))
-        }
-    });
-    if let Some(Some((r, scopes))) = bad {
+    if with_task(|t| t.pop(instance)) == Some(false) {
+        bad_unlock(loc);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_unlock(loc: Option<&'static Location<'static>>) {
+    if let Some((r, scopes)) = with_task(|t| bad_unlock_report(t, loc)) {
         report::emit(r, &scopes);
     }
 }

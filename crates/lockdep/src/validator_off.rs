@@ -33,6 +33,9 @@ impl How {
 pub(crate) struct Held(PhantomData<*const ()>);
 
 impl Held {
+    #[inline(always)]
+    pub(crate) fn keep_held(self) {}
+
     #[allow(dead_code)]
     #[inline(always)]
     pub(crate) const fn untracked() -> Self {
