@@ -26,6 +26,7 @@ use crate::report::{self, class_ref, ContextInfo, Dependency, Report, ReportKind
 use crate::task::{with_task, HeldLock, Read, Task};
 
 /// Slots in the process-wide chain cache (the kernel's `MAX_LOCKDEP_CHAINS` is 65536).
+#[cfg(not(loom))]
 const CHAIN_CAPACITY: usize = 1 << 16;
 
 /// The chain cache and the graph.
