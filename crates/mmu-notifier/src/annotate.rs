@@ -4,46 +4,243 @@
 //! §3): the `__mmu_notifier_invalidate_range_start_map` pseudo-lock held across start and end
 //! dispatch and "might-taken" in `read_begin` and interval `remove`; `might_sleep()` at
 //! blockable start and end; `non_block_start()/non_block_end()` around list callbacks of a
-//! non-blockable range; atomic context around `arch_invalidate_secondary_tlbs`.
+//! non-blockable range; atomic context around `arch_invalidate_secondary_tlbs`; the SRCU read
+//! section as a recursive read of the SRCU map and `synchronize_srcu` as a wait on it.
 //!
-//! Every such call in this crate goes through this module and nowhere else. Without a
-//! validator they compile to nothing; the `lockdep` crate plugs in here, so the rest of the
-//! crate does not change when it does.
+//! Every such call in this crate goes through this module and nowhere else. With the crate
+//! feature `lockdep` they go to the [`lockdep`] validator; without it they compile to nothing
+//! and every guard is zero-sized.
+//!
+//! The contract's own locks are validated too: each internal lock acquisition holds a
+//! pseudo-lock of that lock's class for as long as the real lock is held ([`ContractLock`]),
+//! so a dependency between them, or between them and a subscriber's locks, is recorded like
+//! any other. The interval-tree lock is the kernel's `subscriptions->lock` spinlock: holding it
+//! is atomic context, so sleeping under it is reported.
+
+use crate::primitive::{lock, Mutex, MutexGuard};
+
+#[cfg(feature = "lockdep")]
+mod imp {
+    use lockdep::{LockMap, LockMapGuard, MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP as MAP};
+
+    /// The SRCU domain's read side, one class for every address space's domain (Linux uses one
+    /// `srcu_struct` for all of them, and lockdep sees it as one map).
+    static SRCU: LockMap = LockMap::new("mmu_notifier_srcu");
+    static LIST_LOCK: LockMap = LockMap::new("mmu_notifier_subscriptions.list_lock");
+    static GET_LOCK: LockMap = LockMap::new("mmu_notifier_subscriptions.get_lock");
+    static ITREE_ENABLE: LockMap = LockMap::new("mmu_notifier_subscriptions.itree_enable");
+    static ITREE: LockMap = LockMap::new("mmu_notifier_subscriptions.lock");
+
+    pub(crate) type MapGuard = LockMapGuard<'static>;
+    pub(crate) type NonBlockGuard = lockdep::NonBlockGuard;
+    pub(crate) type AtomicGuard = lockdep::AtomicSection;
+    pub(crate) type LockGuard = (Option<lockdep::AtomicSection>, LockMapGuard<'static>);
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn might_sleep() {
+        lockdep::might_sleep();
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn invalidate_map_acquire() -> MapGuard {
+        MAP.acquire()
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn invalidate_map_might_lock() {
+        MAP.might_lock();
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn non_block() -> NonBlockGuard {
+        lockdep::non_block_section()
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn atomic_section() -> AtomicGuard {
+        lockdep::atomic_section()
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn srcu_read() -> MapGuard {
+        SRCU.acquire_read()
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn srcu_sync() {
+        SRCU.sync();
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn holding(which: super::ContractLock) -> LockGuard {
+        use super::ContractLock::*;
+        match which {
+            List => (None, LIST_LOCK.acquire()),
+            Get => (None, GET_LOCK.acquire()),
+            ItreeEnable => (None, ITREE_ENABLE.acquire()),
+            // A spinlock: atomic context first, as `spin_lock` disables preemption first.
+            Itree => (Some(lockdep::atomic_section()), ITREE.acquire()),
+        }
+    }
+}
+
+#[cfg(not(feature = "lockdep"))]
+mod imp {
+    /// What every guard is without a validator: nothing.
+    #[derive(Debug)]
+    pub(crate) struct Off;
+
+    pub(crate) type MapGuard = Off;
+    pub(crate) type NonBlockGuard = Off;
+    pub(crate) type AtomicGuard = Off;
+    pub(crate) type LockGuard = Off;
+
+    #[inline(always)]
+    pub(crate) fn might_sleep() {}
+    #[inline(always)]
+    pub(crate) fn invalidate_map_acquire() -> MapGuard {
+        Off
+    }
+    #[inline(always)]
+    pub(crate) fn invalidate_map_might_lock() {}
+    #[inline(always)]
+    pub(crate) fn non_block() -> NonBlockGuard {
+        Off
+    }
+    #[inline(always)]
+    pub(crate) fn atomic_section() -> AtomicGuard {
+        Off
+    }
+    #[inline(always)]
+    pub(crate) fn srcu_read() -> MapGuard {
+        Off
+    }
+    #[inline(always)]
+    pub(crate) fn srcu_sync() {}
+    #[inline(always)]
+    pub(crate) fn holding(_which: super::ContractLock) -> LockGuard {
+        Off
+    }
+}
+
+/// The contract's internal locks, for [`holding`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ContractLock {
+    /// The list subscribers' writer lock.
+    List,
+    /// Serialises `notifier_get`.
+    Get,
+    /// Serialises switching interval mode on.
+    ItreeEnable,
+    /// The interval tree and its sequence (the kernel's `subscriptions->lock` spinlock).
+    Itree,
+}
+
+/// Held while start or end callbacks are dispatched (`lock_map_acquire(&map)`).
+pub(crate) type InvalidateMapGuard = imp::MapGuard;
+/// Held around a list callback of a non-blockable range (`non_block_start()`/`_end()`).
+pub(crate) type NonBlockGuard = imp::NonBlockGuard;
+/// Held around callbacks that run in atomic context (`arch_invalidate_secondary_tlbs`).
+pub(crate) type AtomicGuard = imp::AtomicGuard;
+/// An open SRCU read section, as the validator sees it.
+pub(crate) type SrcuReadGuard = imp::MapGuard;
+/// One of the contract's locks, as the validator sees it; drop it just before the real lock.
+pub(crate) type LockGuard = imp::LockGuard;
 
 /// `might_sleep()`: the caller is about to do something that may sleep.
 #[inline(always)]
 #[track_caller]
-pub(crate) fn might_sleep() {}
-
-/// Held while start or end callbacks are dispatched (`lock_map_acquire(&map)`).
-pub(crate) struct InvalidateMapGuard;
+pub(crate) fn might_sleep() {
+    imp::might_sleep()
+}
 
 /// `lock_map_acquire(&__mmu_notifier_invalidate_range_start_map)`.
 #[inline(always)]
 #[track_caller]
 pub(crate) fn invalidate_map_acquire() -> InvalidateMapGuard {
-    InvalidateMapGuard
+    imp::invalidate_map_acquire()
 }
 
 /// `lock_map_acquire(); lock_map_release();`: the caller might wait for invalidations.
 #[inline(always)]
 #[track_caller]
-pub(crate) fn invalidate_map_might_lock() {}
-
-/// Held around a list callback of a non-blockable range (`non_block_start()`/`_end()`).
-pub(crate) struct NonBlockGuard;
+pub(crate) fn invalidate_map_might_lock() {
+    imp::invalidate_map_might_lock()
+}
 
 /// `non_block_start()`; the guard's drop is `non_block_end()`.
 #[inline(always)]
+#[track_caller]
 pub(crate) fn non_block() -> NonBlockGuard {
-    NonBlockGuard
+    imp::non_block()
 }
-
-/// Held around callbacks that run in atomic context (`arch_invalidate_secondary_tlbs`).
-pub(crate) struct AtomicGuard;
 
 /// Enter atomic context until the guard drops.
 #[inline(always)]
+#[track_caller]
 pub(crate) fn atomic_section() -> AtomicGuard {
-    AtomicGuard
+    imp::atomic_section()
+}
+
+/// `srcu_read_lock()`, as the validator sees it: a recursive read of the SRCU map.
+#[inline(always)]
+#[track_caller]
+pub(crate) fn srcu_read() -> SrcuReadGuard {
+    imp::srcu_read()
+}
+
+/// `synchronize_srcu()`, as the validator sees it: waits for every reader, so holding a lock
+/// that a callback takes while calling it is a cycle.
+#[inline(always)]
+#[track_caller]
+pub(crate) fn srcu_sync() {
+    imp::srcu_sync()
+}
+
+/// The validator's view of holding one of the contract's locks.
+#[inline(always)]
+#[track_caller]
+pub(crate) fn holding(which: ContractLock) -> LockGuard {
+    imp::holding(which)
+}
+
+/// One of the contract's own locks, held: the real guard plus the validator's view of it.
+pub(crate) struct Held<'a, T> {
+    // Declared first, so dropped first: the validator releases just before the real lock.
+    _seen: LockGuard,
+    guard: MutexGuard<'a, T>,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+/// Locks `m`, one of the contract's locks, and tells the validator (see [`lock`]).
+#[inline(always)]
+#[track_caller]
+pub(crate) fn lock_as<T>(m: &Mutex<T>, which: ContractLock) -> Held<'_, T> {
+    let guard = lock(m);
+    Held {
+        _seen: holding(which),
+        guard,
+    }
 }

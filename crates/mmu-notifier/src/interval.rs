@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::annotate;
+use crate::annotate::{self, lock_as, ContractLock};
 use crate::diag::Warning;
 use crate::interval_tree::{IntervalTree, NodeId};
 use crate::mm::Subscriptions;
@@ -66,6 +66,9 @@ pub(crate) struct ItreeState {
     /// Queued while the tree is frozen: insert if not in `nodes`, else remove.
     deferred: Vec<Arc<Interval>>,
     next_id: u64,
+    /// Threads waiting in `wait_seq_change`: the end of an epoch wakes only when there are
+    /// any (a condition-variable notify is a futex system call even with nobody waiting).
+    waiters: u64,
 }
 
 impl ItreeState {
@@ -77,6 +80,7 @@ impl ItreeState {
             nodes: HashMap::new(),
             deferred: Vec::new(),
             next_id: 1,
+            waiters: 0,
         }
     }
 
@@ -115,7 +119,7 @@ type Hits = SmallVec<[Arc<Interval>; 8]>;
 impl Subscriptions {
     /// `mn_itree_inv_start_range` plus collecting the hit intervals, in ascending start order.
     fn itree_start_range(&self, range: &Range) -> (u64, Hits) {
-        let mut st = lock(&self.itree);
+        let mut st = lock_as(&self.itree, ContractLock::Itree);
         st.active += 1;
         let mut hits = Hits::new();
         st.tree
@@ -152,12 +156,16 @@ impl Subscriptions {
     /// list and wakes waiters.
     pub(crate) fn itree_inv_end(&self) {
         let mut dropped: Hits = Hits::new();
+        let wake;
         {
-            let mut st = lock(&self.itree);
+            let mut st = lock_as(&self.itree, ContractLock::Itree);
             st.active = st.active.saturating_sub(1);
             if st.active != 0 || !st.invalidating() {
                 return;
             }
+            // Waiters register under this lock before they sleep, and `seq` changes under it,
+            // so none can be missed.
+            wake = st.waiters != 0;
             st.seq = st.seq.wrapping_add(1);
             for iv in std::mem::take(&mut st.deferred) {
                 match st.nodes.remove(&iv.id) {
@@ -167,7 +175,9 @@ impl Subscriptions {
                 dropped.push(iv);
             }
         }
-        self.itree_wq.notify_all();
+        if wake {
+            self.itree_wq.notify_all();
+        }
         // Interval handles may drop here, outside the lock.
         drop(dropped);
     }
@@ -190,14 +200,21 @@ impl Subscriptions {
     }
 
     fn wait_seq_change(&self, seq: u64) {
+        // The kernel waits with `wait_event`, outside the tree lock; the condition variable
+        // releases the lock while waiting, so the validator does not see it held here.
+        annotate::might_sleep();
         let mut st = lock(&self.itree);
-        while st.seq == seq {
-            st = wait(&self.itree_wq, st);
+        if st.seq == seq {
+            st.waiters += 1;
+            while st.seq == seq {
+                st = wait(&self.itree_wq, st);
+            }
+            st.waiters -= 1;
         }
     }
 
     pub(crate) fn interval_state(&self) -> IntervalState {
-        let st = lock(&self.itree);
+        let st = lock_as(&self.itree, ContractLock::Itree);
         IntervalState {
             seq: st.seq,
             active: st.active,
@@ -253,7 +270,7 @@ impl Interval {
     /// makes every `read_retry` true instead.
     pub fn read_begin(&self) -> u64 {
         let (seq, hit) = {
-            let st = lock(&self.subs.itree);
+            let st = lock_as(&self.subs.itree, ContractLock::Itree);
             let seq = self.seq.load(Acquire);
             (seq, seq == st.seq)
         };
@@ -301,7 +318,7 @@ impl Interval {
         let mut wait_seq = None;
         let dropped;
         {
-            let mut st = lock(&subs.itree);
+            let mut st = lock_as(&subs.itree, ContractLock::Itree);
             if st.invalidating() {
                 if st.nodes.contains_key(&self.id) {
                     // Frozen tree: queue the removal and wait for the epoch to end.
@@ -411,9 +428,10 @@ impl Mm {
         if self.is_released() {
             return Err(Error::Released);
         }
+        annotate::might_sleep();
         let subs = self.subs_arc();
         subs.enable_itree()?;
-        let mut st = lock(&subs.itree);
+        let mut st = lock_as(&subs.itree, ContractLock::Itree);
         let iv = Arc::new(Interval {
             start,
             last,

@@ -7,12 +7,12 @@ use std::any::TypeId;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::annotate;
+use crate::annotate::{self, lock_as, ContractLock};
 use crate::diag::{Diagnostics, Warning};
 use crate::interval::ItreeState;
 use crate::ops::{Capabilities, MmuNotifierOps};
 use crate::primitive::{
-    lock, AtomicBool, AtomicPtr, AtomicU32, Condvar, Mutex,
+    AtomicBool, AtomicPtr, AtomicU32, Condvar, Mutex,
     Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };
 use crate::srcu::{ReadToken, Srcu};
@@ -211,7 +211,10 @@ impl Subscriptions {
     /// lock).
     #[inline]
     fn list_ptr(&self) -> *const SubList {
-        self.list.load(Acquire)
+        // SeqCst, not Acquire: with the SeqCst reader increment before it and the SeqCst
+        // swap in `update_list`, this is the store-load pair the grace period relies on
+        // (see srcu.rs, "Memory ordering").
+        self.list.load(SeqCst)
     }
 
     /// Replaces the list with `f(current)` under the list lock and retires the old one.
@@ -219,27 +222,29 @@ impl Subscriptions {
         // SAFETY: under the list lock the current list cannot be retired, so it is live.
         let cur = unsafe { &*self.list_ptr() };
         let new = Box::into_raw(Box::new(f(cur)));
-        let old = self.list.swap(new, AcqRel);
+        let old = self.list.swap(new, SeqCst);
         st.retired.push(Retired::List(RetiredList(old)));
     }
 
     /// Waits for a grace period, then frees what was retired before it began.
     pub(crate) fn synchronize(&self) {
-        let batch = std::mem::take(&mut lock(&self.list_lock).retired);
+        let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
         self.srcu.synchronize();
         drop(batch);
     }
 
     /// Frees what was retired if a grace period can be had without waiting.
     fn try_reclaim(&self) {
-        let batch = std::mem::take(&mut lock(&self.list_lock).retired);
+        let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
         if batch.is_empty() {
             return;
         }
         if self.srcu.try_synchronize() {
             drop(batch);
         } else {
-            lock(&self.list_lock).retired.extend(batch);
+            lock_as(&self.list_lock, ContractLock::List)
+                .retired
+                .extend(batch);
         }
     }
 
@@ -256,7 +261,7 @@ impl Subscriptions {
             });
             return Err(Error::InCallback("the first interval_notifier_insert"));
         }
-        let _g = lock(&self.itree_enable);
+        let _g = lock_as(&self.itree_enable, ContractLock::ItreeEnable);
         if !self.has_itree.load(SeqCst) {
             self.has_itree.store(true, SeqCst);
             self.srcu.synchronize();
@@ -297,6 +302,7 @@ impl InvalidateGuard<'_> {
 }
 
 impl Drop for InvalidateGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         let blockable = self.range.is_blockable();
         if blockable {
@@ -412,6 +418,7 @@ impl Mm {
     /// [`Error::Released`] after [`release`](Self::release), [`Error::InCallback`] when called
     /// from a callback of this address space (it would wait for itself; nothing is registered).
     pub fn register<T: MmuNotifierOps>(&self, ops: T) -> Result<Subscription<T>, Error> {
+        annotate::might_sleep();
         let ops = Arc::new(ops);
         let sub = self.link(Box::new(ops.clone()), None)?;
         Ok(Subscription {
@@ -440,7 +447,7 @@ impl Mm {
         }
         let subs = self.subs_or_create();
         let sub = {
-            let mut st = lock(&subs.list_lock);
+            let mut st = lock_as(&subs.list_lock, ContractLock::List);
             let sub = Arc::new(Subscriber {
                 id: st.next_id,
                 caps,
@@ -472,13 +479,14 @@ impl Mm {
         &self,
         alloc: impl FnOnce(&Mm) -> T,
     ) -> Result<SharedSubscription<T>, Error> {
+        annotate::might_sleep();
         if self.is_released() {
             return Err(Error::Released);
         }
         let subs = self.subs_or_create();
-        let _g = lock(&subs.get_lock);
+        let _g = lock_as(&subs.get_lock, ContractLock::Get);
         {
-            let _l = lock(&subs.list_lock);
+            let _l = lock_as(&subs.list_lock, ContractLock::List);
             // SAFETY: under the list lock the current list is live.
             let list = unsafe { &*subs.list_ptr() };
             for s in list {
@@ -537,12 +545,16 @@ impl Mm {
     /// ignored, as in the kernel. Dispatch order: interval subscribers hit by the range, by
     /// ascending start, then list subscribers, newest first.
     #[track_caller]
+    #[inline]
     pub fn invalidate_range_start(&self, mut range: Range) -> InvalidateGuard<'_> {
         annotate::might_sleep();
         range.set_blockable(true);
-        let _map = annotate::invalidate_map_acquire();
         let active = match self.subs() {
-            None => None,
+            None => {
+                // As in Linux, the map is taken whether or not anyone is subscribed.
+                let _map = annotate::invalidate_map_acquire();
+                None
+            }
             Some(subs) => self.start_dispatch(subs, &range).ok(),
         };
         InvalidateGuard {
@@ -567,9 +579,11 @@ impl Mm {
         mut range: Range,
     ) -> Result<InvalidateGuard<'_>, WouldBlock> {
         range.set_blockable(false);
-        let _map = annotate::invalidate_map_acquire();
         let active = match self.subs() {
-            None => None,
+            None => {
+                let _map = annotate::invalidate_map_acquire();
+                None
+            }
             Some(subs) => Some(self.start_dispatch(subs, &range)?),
         };
         Ok(InvalidateGuard {
@@ -579,6 +593,7 @@ impl Mm {
         })
     }
 
+    #[inline]
     fn start_dispatch<'a>(
         &'a self,
         subs: &'a Subscriptions,
@@ -586,6 +601,9 @@ impl Mm {
     ) -> Result<Active<'a>, WouldBlock> {
         let blockable = range.is_blockable();
         let token = subs.srcu.read_lock();
+        // Inside the read section, so the validator records map → callback locks directly
+        // (a recursive-read section between them would hide those edges).
+        let _map = annotate::invalidate_map_acquire();
         let mark = tls::enter(self.inner.id);
         let mut itree_active = false;
         if subs.has_itree.load(SeqCst) {
@@ -741,7 +759,7 @@ impl Mm {
             }
         }
         {
-            let mut st = lock(&subs.list_lock);
+            let mut st = lock_as(&subs.list_lock, ContractLock::List);
             subs.update_list(&mut st, |_| SubList::new());
         }
         drop(mark);
@@ -758,7 +776,7 @@ impl Mm {
     /// Unlinks `sub` (unregister or last put) and retires it.
     fn unlink(&self, sub: &Arc<Subscriber>) {
         if let Some(subs) = self.subs() {
-            let mut st = lock(&subs.list_lock);
+            let mut st = lock_as(&subs.list_lock, ContractLock::List);
             // SAFETY: under the list lock the current list is live.
             let linked = unsafe { &*subs.list_ptr() }
                 .iter()
@@ -804,7 +822,7 @@ impl Mm {
             return;
         };
         let last = {
-            let _l = lock(&subs.list_lock);
+            let _l = lock_as(&subs.list_lock, ContractLock::List);
             let users = sub.users.load(Relaxed);
             if users == 0 {
                 // Unreachable through the API (one handle per user); kept as the kernel's WARN.

@@ -9,7 +9,15 @@ use std::cell::RefCell;
 
 use crate::primitive::thread_local;
 
+#[cfg(not(loom))]
 thread_local! {
+    static ACTIVE: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+// The model checker's `thread_local!` does not take `const` initialisers.
+#[cfg(loom)]
+thread_local! {
+    #[allow(clippy::missing_const_for_thread_local)]
     static ACTIVE: RefCell<Vec<u64>> = RefCell::new(Vec::new());
 }
 
@@ -35,7 +43,10 @@ impl Drop for Mark {
         // because they are not `Send` and are dropped before the thread exits.
         ACTIVE.with(|a| {
             let mut a = a.borrow_mut();
-            if let Some(pos) = a.iter().rposition(|&x| x == id) {
+            // Marks are nearly always dropped in reverse order: pop without searching.
+            if a.last() == Some(&id) {
+                a.pop();
+            } else if let Some(pos) = a.iter().rposition(|&x| x == id) {
                 a.remove(pos);
             }
         });

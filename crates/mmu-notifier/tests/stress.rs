@@ -113,7 +113,7 @@ fn collision_retry_never_publishes_a_stale_translation_under_concurrent_invalida
     }
     let deadline = Instant::now() + budget();
     let (iv2, dev2, primary2) = (iv.clone(), dev.clone(), primary.clone());
-    let (stale2, pub2, stop2) = (stale.clone(), published.clone(), stop.clone());
+    let (pub2, stop2) = (published.clone(), stop.clone());
     let reader = std::thread::spawn(move || {
         while Instant::now() < deadline {
             let seq = iv2.read_begin();
