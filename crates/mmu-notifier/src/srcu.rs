@@ -93,6 +93,12 @@ impl Srcu {
 
     #[inline]
     pub(crate) fn read_unlock(&self, t: ReadToken) {
+        self.read_unlock_in_place(&t);
+    }
+
+    /// Ends the read section of `t` without consuming it; `t` must not be used again.
+    #[inline]
+    pub(crate) fn read_unlock_in_place(&self, t: &ReadToken) {
         let last = self.readers[t.0].fetch_sub(1, SeqCst) == 1;
         model_fence();
         if last && self.waiting.load(SeqCst) {

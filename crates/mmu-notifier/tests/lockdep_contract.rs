@@ -494,3 +494,41 @@ fn a_correct_driver_exercising_the_whole_contract_is_clean() {
     mm.release();
     assert!(scope.is_clean(), "{}", describe(&scope.reports()));
 }
+
+/// Seed 002: a notifier callback that allocates. Reclaim calls notifiers; a callback that
+/// allocates with direct reclaim allowed can recurse into reclaim, and into itself.
+struct Allocates {
+    gfp: Gfp,
+}
+
+impl MmuNotifierOps for Allocates {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::INVALIDATE_RANGE_START
+    }
+    fn invalidate_range_start(&self, _range: &Range) -> Result<(), WouldBlock> {
+        might_alloc(self.gfp);
+        Ok(())
+    }
+}
+
+fn seed002(gfp: Gfp) -> Scope {
+    let scope = Scope::new();
+    let mm = Mm::new();
+    let _sub = mm.register(Allocates { gfp }).unwrap();
+    mm.invalidate_range_start(range()).end();
+    scope
+}
+
+#[test]
+fn seed002_gfp_kernel_allocation_in_a_callback_is_reported() {
+    let scope = seed002(Gfp::KERNEL);
+    let r = scope.of_kind(ReportKind::ReclaimRecursion);
+    assert_eq!(r.len(), 1, "{}", describe(&scope.reports()));
+    assert!(r[0].involves(MAP), "{}", r[0]);
+}
+
+#[test]
+fn seed002_gfp_nowait_allocation_in_a_callback_is_clean() {
+    let scope = seed002(Gfp::NOWAIT);
+    assert!(scope.is_clean(), "{}", describe(&scope.reports()));
+}
