@@ -24,22 +24,9 @@ const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 /// Pre-generated queries per size, cycled through (power of two).
 const QUERIES: usize = 1 << 16;
 
-/// SplitMix64: small, deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A random range of 1–16 pages starting on a page in `[0, space_pages)`.
 fn random_range(rng: &mut Rng, space_pages: u64) -> (u64, u64) {
