@@ -322,7 +322,11 @@ impl Drop for InvalidateGuard<'_> {
         let list = unsafe { &*a.list };
         for s in list {
             if s.caps.contains(Capabilities::INVALIDATE_RANGE_END) {
-                let _nb = (!blockable).then(annotate::non_block);
+                let _nb = if blockable {
+                    None
+                } else {
+                    Some(annotate::non_block())
+                };
                 s.ops.invalidate_range_end(&self.range);
             }
         }
@@ -627,7 +631,11 @@ impl Mm {
                 continue;
             }
             let r = {
-                let _nb = (!blockable).then(annotate::non_block);
+                let _nb = if blockable {
+                    None
+                } else {
+                    Some(annotate::non_block())
+                };
                 s.ops.invalidate_range_start(range)
             };
             if r.is_err() {
