@@ -31,6 +31,7 @@ unsafe impl<T: Send + Sync> Sync for BrLock<T> {}
 /// A shared borrow through one slot.
 pub struct ReadGuard<'a, T> {
     lock: &'a BrLock<T>,
+    slot: usize,
     _slot: RwLockReadGuard<'a, ()>,
 }
 
@@ -41,12 +42,22 @@ pub struct WriteGuard<'a, T> {
 }
 
 /// This thread's slot index, assigned round-robin on first use.
+#[inline]
 pub fn my_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // A `const` initialiser with a sentinel: no lazy-initialisation check on the hit path.
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+        static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
     }
-    SLOT.with(|s| *s)
+    SLOT.with(|c| {
+        let s = c.get();
+        if s != usize::MAX {
+            return s;
+        }
+        let s = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+        c.set(s);
+        s
+    })
 }
 
 impl<T> BrLock<T> {
@@ -59,13 +70,13 @@ impl<T> BrLock<T> {
     }
 
     /// Shared access through this thread's slot.
+    #[inline]
     pub fn read(&self) -> ReadGuard<'_, T> {
-        let g = self.slots[my_slot()]
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let slot = my_slot();
+        let g = self.slots[slot].0.read().unwrap_or_else(|e| e.into_inner());
         ReadGuard {
             lock: self,
+            slot,
             _slot: g,
         }
     }
@@ -95,6 +106,14 @@ impl<T> BrLock<T> {
             lock: self,
             _slots: got,
         })
+    }
+}
+
+impl<T> ReadGuard<'_, T> {
+    /// The slot this read went through (this thread's): an index for per-slot counters.
+    #[inline]
+    pub fn slot(&self) -> usize {
+        self.slot
     }
 }
 

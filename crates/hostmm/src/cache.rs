@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use mmu_notifier::{Event, Interval, IntervalNotifier, IntervalNotifierOps, Range};
 
-use crate::brlock::{my_slot, BrLock, SLOTS};
+use crate::brlock::{BrLock, SLOTS};
 use crate::error::{Error, Result};
 use crate::monitor::{UffdMonitor, Watch};
 use crate::primitive::lock;
@@ -326,7 +326,7 @@ impl<R: Registrar> RegCache<R> {
         if entry.last_used.load(Ordering::Relaxed) != now {
             entry.last_used.store(now, Ordering::Relaxed);
         }
-        sh.counters.hits[my_slot()]
+        sh.counters.hits[map.slot()]
             .0
             .fetch_add(1, Ordering::Relaxed);
         Some(Handle {

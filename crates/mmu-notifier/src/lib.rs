@@ -28,6 +28,16 @@
 //! * Every kernel `WARN`/`BUG` of the contract is a typed [`Error`] at the call, or a
 //!   [`Warning`] through one [`Diagnostics`] sink; no misuse is undefined behaviour.
 //!
+//! # Validating a driver
+//!
+//! With the crate feature `lockdep`, the contract is annotated with the `lockdep` validator
+//! where Linux annotates it (the notifier map across start/end dispatch, `might_lock` in
+//! `read_begin` and interval `remove`, `non_block` sections in non-blockable ranges,
+//! `might_sleep`, atomic context for `arch_invalidate_secondary_tlbs`, the SRCU read side and
+//! grace periods, the contract's own locks). A driver's lock-order and context bugs are then
+//! reported from a run that never deadlocks. Without the feature the annotations compile to
+//! nothing.
+//!
 //! # Which API to reach for
 //!
 //! * Writing a secondary MMU that mirrors ranges on demand: interval notifiers.
