@@ -90,7 +90,8 @@ struct BenchArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
+/// The race's figures, as `race --json` prints them and `tour --json` embeds them.
+#[derive(Serialize, Clone)]
 struct RaceJson {
     source: &'static str,
     fallback_reason: Option<String>,
@@ -107,6 +108,28 @@ struct RaceJson {
     retries: u64,
     elapsed_s: f64,
     seed: u64,
+}
+
+impl RaceJson {
+    fn new(report: &hostmm::race::RaceReport, fallback_reason: Option<String>) -> RaceJson {
+        RaceJson {
+            source: report.source,
+            fallback_reason,
+            rounds: report.rounds,
+            stale: report.stale,
+            checked: report.checked,
+            frame_checked: report.frame_checked,
+            replacements: report.replacements,
+            lookups: report.lookups,
+            failed_lookups: report.failed_lookups,
+            hits: report.cache.hits,
+            misses: report.cache.misses,
+            invalidations: report.cache.invalidations,
+            retries: report.cache.retries,
+            elapsed_s: report.elapsed.as_secs_f64(),
+            seed: report.seed,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -179,23 +202,7 @@ fn race(args: RaceArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if args.json {
-        let j = RaceJson {
-            source: report.source,
-            fallback_reason,
-            rounds: report.rounds,
-            stale: report.stale,
-            checked: report.checked,
-            frame_checked: report.frame_checked,
-            replacements: report.replacements,
-            lookups: report.lookups,
-            failed_lookups: report.failed_lookups,
-            hits: report.cache.hits,
-            misses: report.cache.misses,
-            invalidations: report.cache.invalidations,
-            retries: report.cache.retries,
-            elapsed_s: report.elapsed.as_secs_f64(),
-            seed: report.seed,
-        };
+        let j = RaceJson::new(&report, fallback_reason);
         println!("{}", serde_json::to_string(&j)?);
     } else {
         println!("rounds={} stale={}", report.rounds, report.stale);

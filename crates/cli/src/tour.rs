@@ -290,26 +290,12 @@ impl Finding {
     }
 }
 
-/// The race step's numbers.
+/// The race step's numbers: `race --json`'s, plus the rate and the validator's count.
 #[derive(Serialize, Clone)]
 struct RaceStats {
-    source: &'static str,
-    fallback_reason: Option<String>,
-    rounds: u64,
-    stale: u64,
-    checked: u64,
-    frame_checked: u64,
-    replacements: u64,
-    invalidations: u64,
-    lookups: u64,
-    failed_lookups: u64,
-    hits: u64,
-    misses: u64,
-    retries: u64,
-    elapsed_s: f64,
+    #[serde(flatten)]
+    race: crate::RaceJson,
     rounds_per_s: f64,
-    seed: u64,
-    /// Lockdep reports made anywhere in the process while the race ran.
     lockdep_reports: u64,
 }
 
@@ -1317,22 +1303,8 @@ fn race(args: &TourArgs) -> Result<Finding> {
     );
     f.check("0 stale registrations", report.stale == 0);
     f.race = Some(RaceStats {
-        source: report.source,
-        fallback_reason,
-        rounds: report.rounds,
-        stale: report.stale,
-        checked: report.checked,
-        frame_checked: report.frame_checked,
-        replacements: report.replacements,
-        invalidations: report.cache.invalidations,
-        lookups: report.lookups,
-        failed_lookups: report.failed_lookups,
-        hits: report.cache.hits,
-        misses: report.cache.misses,
-        retries: report.cache.retries,
-        elapsed_s: secs,
+        race: crate::RaceJson::new(&report, fallback_reason),
         rounds_per_s: per_s(report.rounds),
-        seed: report.seed,
         lockdep_reports,
     });
     Ok(f)
