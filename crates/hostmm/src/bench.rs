@@ -178,26 +178,53 @@ pub fn munmap_costs(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
+/// `cfg.entries` one-page ranges cached in both a [`RegCache`] and a [`MutexCache`].
+struct HitFixture {
+    mem: Mapping,
+    host: HostMm,
+    cache: RegCache<NoopRegistrar>,
+    base: MutexCache,
+}
+
+impl HitFixture {
+    fn new(cfg: &BenchConfig) -> Result<HitFixture> {
+        let page = page_size();
+        let n = cfg.entries as u64;
+        let mem = Mapping::anonymous(n * page)?;
+        let host = HostMm::new();
+        let cache = RegCache::new(
+            &host,
+            NoopRegistrar,
+            CacheConfig {
+                max_entries: cfg.entries * 2,
+                ..Default::default()
+            },
+        )?;
+        let base = MutexCache::default();
+        for i in 0..n {
+            cache.get(mem.addr() + i * page, page)?;
+            base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
+        }
+        Ok(HitFixture {
+            mem,
+            host,
+            cache,
+            base,
+        })
+    }
+}
+
 /// Hit latency of [`RegCache`] vs [`MutexCache`], one thread, `entries` cached ranges looked up
 /// in a scrambled order. Medians in ns per lookup.
 pub fn hit_latency(cfg: &BenchConfig) -> Result<BenchRow> {
     let page = page_size();
     let n = cfg.entries as u64;
-    let mem = Mapping::anonymous(n * page)?;
-    let host = HostMm::new();
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            max_entries: cfg.entries * 2,
-            ..Default::default()
-        },
-    )?;
-    let base = MutexCache::default();
-    for i in 0..n {
-        cache.get(mem.addr() + i * page, page)?;
-        base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
-    }
+    let HitFixture {
+        mem,
+        host: _host,
+        cache,
+        base,
+    } = HitFixture::new(cfg)?;
     let key = |i: usize| mem.addr() + ((i as u64).wrapping_mul(7919) % n) * page;
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -255,21 +282,12 @@ fn throughput(threads: usize, cfg: &BenchConfig, op: &(dyn Fn(usize) + Sync)) ->
 pub fn hit_scaling(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     let page = page_size();
     let n = cfg.entries as u64;
-    let mem = Mapping::anonymous(n * page)?;
-    let host = HostMm::new();
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            max_entries: cfg.entries * 2,
-            ..Default::default()
-        },
-    )?;
-    let base = MutexCache::default();
-    for i in 0..n {
-        cache.get(mem.addr() + i * page, page)?;
-        base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
-    }
+    let HitFixture {
+        mem,
+        host: _host,
+        cache,
+        base,
+    } = HitFixture::new(cfg)?;
     let addr = mem.addr();
     let ours = |i: usize| {
         let k = addr + (i as u64 % n) * page;

@@ -182,11 +182,7 @@ impl LockMap {
     #[inline]
     #[track_caller]
     pub fn sync(&self) {
-        validator::might_acquire(
-            self.class(),
-            How::new(Read::Exclusive).sleep(),
-            Location::caller(),
-        );
+        wait_as_acquire(self.class());
     }
 
     /// A wait modelled as an acquisition: waiting for whatever runs inside the map while
@@ -195,11 +191,7 @@ impl LockMap {
     #[inline]
     #[track_caller]
     pub fn wait(&self) {
-        validator::might_acquire(
-            self.class(),
-            How::new(Read::Exclusive).sleep(),
-            Location::caller(),
-        );
+        wait_as_acquire(self.class());
     }
 
     /// [`LockMap::wait`] as a reader: for waits that may run concurrently with other readers'
