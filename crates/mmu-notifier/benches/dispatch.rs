@@ -8,6 +8,9 @@
 //!   making the same indirect calls (all starts, then all ends) with the same
 //!   callback body: one relaxed `fetch_add` on the subscriber's own counter,
 //!   as KVM bumps its in-progress count.
+//! * `no_subscriber/{mmu_notifier,baseline_one_load}`: one blockable start + end
+//!   on an address space with no subscription, against one `Acquire` load of a
+//!   null pointer (the whole cost before such invalidations were tracked).
 //! * `read_side/{read_begin_retry,baseline_two_loads}`: `read_begin` +
 //!   `read_retry` on one interval notifier of an idle address space, against
 //!   two bare `Acquire` loads of an `AtomicU64`.
@@ -145,6 +148,26 @@ fn bench_list_dispatch(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+// ---------------------------------------------------------------- no subscriber
+
+/// One blockable start + end on an address space nobody subscribed to, against the one
+/// `Acquire` load of a null pointer that was its whole cost before invalidations began to be
+/// tracked for the first subscription (`mm_has_notifiers` in Linux).
+fn bench_no_subscriber(c: &mut Criterion) {
+    let mut group = c.benchmark_group("no_subscriber");
+    let range = page_range(0x10_0000);
+    let mm = Mm::new();
+    group.bench_function("mmu_notifier", |b| {
+        b.iter(|| drop(mm.invalidate_range_start(black_box(range))));
+    });
+    let subs = std::sync::atomic::AtomicPtr::<u8>::new(std::ptr::null_mut());
+    group.bench_function("baseline_one_load", |b| {
+        b.iter(|| black_box(black_box(&subs).load(Ordering::Acquire).is_null()));
+    });
+    group.finish();
+    assert!(!mm.has_notifiers());
 }
 
 // ---------------------------------------------------------------- read side
@@ -372,6 +395,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_list_dispatch, bench_read_side, bench_interval_invalidate, bench_concurrent
+    targets = bench_no_subscriber, bench_list_dispatch, bench_read_side, bench_interval_invalidate, bench_concurrent
 }
 criterion_main!(benches);

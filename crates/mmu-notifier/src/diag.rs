@@ -64,6 +64,13 @@ pub enum Warning {
     },
     /// [`Mm::release`](crate::Mm::release) was called more than once.
     DoubleRelease,
+    /// A subscriber whose start can fail and that also has an end was registered under
+    /// [`Profile::Pre5_12`](crate::Profile::Pre5_12), which accepts it as Linux 4.19–5.11 did:
+    /// when its non-blockable start fails it gets no end (the seed-004 imbalance).
+    FallibleStartWithEnd {
+        /// Subscriber id.
+        subscriber: u64,
+    },
 }
 
 impl Warning {
@@ -79,6 +86,7 @@ impl Warning {
             Warning::OddSequenceWhileIdle { .. } => "odd-sequence-while-idle",
             Warning::CalledFromCallback { .. } => "called-from-callback",
             Warning::DoubleRelease => "double-release",
+            Warning::FallibleStartWithEnd { .. } => "fallible-start-with-end",
         }
     }
 }
@@ -122,6 +130,12 @@ impl fmt::Display for Warning {
                  mm; it would wait for itself, so it did not wait"
             ),
             Warning::DoubleRelease => write!(f, "the address space was released twice"),
+            Warning::FallibleStartWithEnd { subscriber } => write!(
+                f,
+                "subscriber #{subscriber}: invalidate_range_start can fail and the subscriber has \
+                 invalidate_range_end; accepted on the pre-5.12 profile, where a refused \
+                 non-blockable start leaves it without its end"
+            ),
         }
     }
 }

@@ -57,6 +57,14 @@ pub trait IntervalNotifierOps: Send + Sync + 'static {
     fn invalidate(&self, interval: &Interval, range: &Range, cur_seq: u64) -> bool;
 }
 
+/// An interval subscriber shared through an `Arc` is an interval subscriber, so a driver keeps
+/// its own `Arc` to the state its callback changes without a wrapper type.
+impl<T: IntervalNotifierOps> IntervalNotifierOps for Arc<T> {
+    fn invalidate(&self, interval: &Interval, range: &Range, cur_seq: u64) -> bool {
+        (**self).invalidate(interval, range, cur_seq)
+    }
+}
+
 /// The state under the address space's interval lock (the kernel's spinlock).
 pub(crate) struct ItreeState {
     seq: u64,
@@ -137,9 +145,21 @@ impl Subscriptions {
     /// closes this invalidation's share of the epoch and fails.
     pub(crate) fn itree_invalidate(&self, range: &Range) -> Result<(), WouldBlock> {
         let (cur_seq, hits) = self.itree_start_range(range);
+        let blockable = range.is_blockable();
         for iv in &hits {
-            if !iv.ops.invalidate(iv, range, cur_seq) {
-                if range.is_blockable() {
+            // Unlike `mn_itree_invalidate` in Linux, which leaves interval callbacks outside
+            // `non_block_start()`, a non-blockable range checks them for sleeping exactly as it
+            // checks list callbacks: the section is opened here, the dispatch's own call site.
+            let ok = {
+                let _nb = if blockable {
+                    None
+                } else {
+                    Some(annotate::non_block())
+                };
+                iv.ops.invalidate(iv, range, cur_seq)
+            };
+            if !ok {
+                if blockable {
                     self.diag
                         .report(Warning::BlockableIntervalRefused { start: iv.start });
                     continue;
@@ -235,6 +255,8 @@ pub struct Interval {
     seq: AtomicU64,
     ops: Box<dyn IntervalNotifierOps>,
     subs: Arc<Subscriptions>,
+    /// The address space (`notifier->mm`): a reference, not a user, as Linux's `mmgrab`.
+    mm: Mm,
 }
 
 impl std::fmt::Debug for Interval {
@@ -256,6 +278,18 @@ impl Interval {
     /// Last address, inclusive.
     pub fn last(&self) -> u64 {
         self.last
+    }
+
+    /// The address space this interval is subscribed to (`notifier->mm`), so a helper in the
+    /// style of `hmm_range_fault` can take the interval alone.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails. The interval holds a reference to the
+    /// address space (Linux's `mmgrab`), not a user: it keeps the notifier state alive, not
+    /// the address space in use.
+    pub fn mm(&self) -> &Mm {
+        &self.mm
     }
 
     /// Begins a read side (`mmu_interval_read_begin`): returns the sequence to hand to
@@ -430,7 +464,7 @@ impl Mm {
         }
         annotate::might_sleep();
         let subs = self.subs_arc();
-        subs.enable_itree()?;
+        subs.enable_itree(self.srcu())?;
         let mut st = lock_as(&subs.itree, ContractLock::Itree);
         let iv = Arc::new(Interval {
             start,
@@ -439,6 +473,7 @@ impl Mm {
             seq: AtomicU64::new(0),
             ops: Box::new(ops),
             subs: subs.clone(),
+            mm: self.clone(),
         });
         st.next_id += 1;
         if st.active != 0 {

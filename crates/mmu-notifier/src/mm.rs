@@ -29,7 +29,8 @@ pub enum Profile {
     Current,
     /// Linux 4.19–5.11: a refused non-blockable start returns without ending anybody, and the
     /// interval epoch stays open. This is the seed-004 bug; use it to test drivers against the
-    /// kernels they ship on.
+    /// kernels they ship on. A subscriber whose start can fail may also have an end here (as
+    /// KVM of that era had), with a [`Warning::FallibleStartWithEnd`] at registration.
     Pre5_12,
 }
 
@@ -59,6 +60,7 @@ impl MmBuilder {
         Mm {
             inner: Arc::new(MmInner {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                srcu: Srcu::new(),
                 subs: AtomicPtr::new(std::ptr::null_mut()),
                 released: AtomicBool::new(false),
                 profile: self.profile,
@@ -79,6 +81,10 @@ pub struct Mm {
 
 struct MmInner {
     id: u64,
+    /// The address space's grace-period domain. Every invalidation holds a read section of it
+    /// from start to end, subscribed or not, so the first subscription's grace period waits
+    /// for invalidations that began before anything was subscribed (see [`Mm::register`]).
+    srcu: Srcu,
     /// Null until the first subscription; then an `Arc<Subscriptions>` turned into a raw
     /// pointer, owned by this struct and released in its `Drop`.
     subs: AtomicPtr<Subscriptions>,
@@ -168,7 +174,6 @@ pub(crate) struct Subscriptions {
     pub(crate) mm_id: u64,
     pub(crate) profile: Profile,
     pub(crate) diag: Arc<Diagnostics>,
-    pub(crate) srcu: Srcu,
     /// Never null: the current `Box<SubList>`.
     list: AtomicPtr<SubList>,
     list_lock: Mutex<ListState>,
@@ -193,7 +198,6 @@ impl Subscriptions {
             mm_id,
             profile,
             diag,
-            srcu: Srcu::new(),
             list: AtomicPtr::new(Box::into_raw(Box::new(SubList::new()))),
             list_lock: Mutex::new(ListState {
                 next_id: 1,
@@ -227,19 +231,19 @@ impl Subscriptions {
     }
 
     /// Waits for a grace period, then frees what was retired before it began.
-    pub(crate) fn synchronize(&self) {
+    pub(crate) fn synchronize(&self, srcu: &Srcu) {
         let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
-        self.srcu.synchronize();
+        srcu.synchronize();
         drop(batch);
     }
 
     /// Frees what was retired if a grace period can be had without waiting.
-    fn try_reclaim(&self) {
+    fn try_reclaim(&self, srcu: &Srcu) {
         let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
         if batch.is_empty() {
             return;
         }
-        if self.srcu.try_synchronize() {
+        if srcu.try_synchronize() {
             drop(batch);
         } else {
             lock_as(&self.list_lock, ContractLock::List)
@@ -251,7 +255,7 @@ impl Subscriptions {
     /// Enables interval mode (`mmu_notifier_register(NULL, mm)`); waits until every
     /// invalidation that began before it has ended, so none of them can have missed the
     /// interval tree.
-    pub(crate) fn enable_itree(&self) -> Result<(), Error> {
+    pub(crate) fn enable_itree(&self, srcu: &Srcu) -> Result<(), Error> {
         if self.has_itree.load(SeqCst) {
             return Ok(());
         }
@@ -264,7 +268,7 @@ impl Subscriptions {
         let _g = lock_as(&self.itree_enable, ContractLock::ItreeEnable);
         if !self.has_itree.load(SeqCst) {
             self.has_itree.store(true, SeqCst);
-            self.srcu.synchronize();
+            srcu.synchronize();
         }
         Ok(())
     }
@@ -278,17 +282,20 @@ impl Subscriptions {
 #[must_use = "dropping the guard at once ends the invalidation before the page tables change"]
 pub struct InvalidateGuard<'a> {
     range: Range,
+    srcu: &'a Srcu,
+    /// The read section held from start to end, subscribed or not.
+    token: ReadToken,
     active: Option<Active<'a>>,
+    _mark: tls::Mark,
     _not_send: PhantomData<*const ()>,
 }
 
 struct Active<'a> {
     subs: &'a Subscriptions,
-    /// The list the start side walked; its subscribers get the end. Valid while `token` is held.
+    /// The list the start side walked; its subscribers get the end. Valid while the guard's
+    /// read section is held.
     list: *const SubList,
-    token: ReadToken,
     itree_active: bool,
-    _mark: tls::Mark,
 }
 
 impl InvalidateGuard<'_> {
@@ -311,13 +318,14 @@ impl Drop for InvalidateGuard<'_> {
         // Used in place, not moved out: moving the just-built guard through memory costs a
         // store-forwarding stall on every invalidation.
         let Some(a) = &self.active else {
+            self.srcu.read_unlock_in_place(&self.token);
             return;
         };
         let _map = annotate::invalidate_map_acquire();
         if a.itree_active {
             a.subs.itree_inv_end();
         }
-        // SAFETY: the read section opened at start (`a.token`) is still held, so the list
+        // SAFETY: the read section opened at start (`self.token`) is still held, so the list
         // loaded then has not been freed.
         let list = unsafe { &*a.list };
         for s in list {
@@ -332,7 +340,7 @@ impl Drop for InvalidateGuard<'_> {
         }
         // The token itself (the validator's view of the section) and the dispatch mark drop
         // with the guard's fields, right after this.
-        a.subs.srcu.read_unlock_in_place(&a.token);
+        self.srcu.read_unlock_in_place(&self.token);
     }
 }
 
@@ -345,6 +353,11 @@ impl Mm {
     /// A builder for a non-default profile or diagnostics sink.
     pub fn builder() -> MmBuilder {
         MmBuilder::default()
+    }
+
+    /// The grace-period domain every invalidation of this address space reads.
+    pub(crate) fn srcu(&self) -> &Srcu {
+        &self.inner.srcu
     }
 
     /// A process-unique id for this address space.
@@ -373,9 +386,15 @@ impl Mm {
         self.inner.released.load(Acquire)
     }
 
+    /// The subscription state, if anything ever subscribed.
+    ///
+    /// `SeqCst`, paired with the `SeqCst` publication in `subs_or_create`: an invalidation
+    /// enters its read section and then loads this; registration publishes and then waits for
+    /// a grace period. Either the invalidation sees the state or the grace period sees its
+    /// read section (the store-load pair of srcu.rs, "Memory ordering").
     #[inline]
     pub(crate) fn subs(&self) -> Option<&Subscriptions> {
-        let p = self.inner.subs.load(Acquire);
+        let p = self.inner.subs.load(SeqCst);
         // SAFETY: a non-null pointer was published by `subs_or_create` from `Arc::into_raw`
         // and stays valid until `MmInner` drops, which cannot happen while `self` is borrowed.
         (!p.is_null()).then(|| unsafe { &*p })
@@ -403,7 +422,7 @@ impl Mm {
         match self
             .inner
             .subs
-            .compare_exchange(std::ptr::null_mut(), new, AcqRel, Acquire)
+            .compare_exchange(std::ptr::null_mut(), new, SeqCst, SeqCst)
         {
             // SAFETY: just published; owned by `MmInner` from now on.
             Ok(_) => unsafe { &*new },
@@ -418,9 +437,27 @@ impl Mm {
 
     /// Subscribes `ops` to this address space (`mmu_notifier_register`).
     ///
-    /// Its declared [`Capabilities`] are checked first. On return, no invalidation that began
-    /// before the subscription is still running, so the subscriber cannot have missed the start
-    /// of one it might map pages under. New list subscribers are called before older ones.
+    /// Its declared [`Capabilities`] are checked first (against the address space's
+    /// [`Profile`]). On return, no invalidation that began before the subscription is still
+    /// running, so the subscriber cannot have missed the start of one it might map pages under
+    /// — including one begun while nothing at all was subscribed. New list subscribers are
+    /// called before older ones.
+    ///
+    /// # The first subscription
+    ///
+    /// Linux makes `__mmu_notifier_register` take `mm_take_all_locks()`, which the primary
+    /// holds around every change, so no invalidation is open while a subscriber is added. Here
+    /// every invalidation, subscribed or not, holds the address space's grace-period read
+    /// section from start to end, and registration waits for a grace period after linking: the
+    /// same exclusion, paid by the invalidation of an address space with no subscriber as one
+    /// read section (two thread-local counter updates) instead of one atomic load.
+    ///
+    /// # Context
+    ///
+    /// May sleep (waits for a grace period, that is for every open invalidation and running
+    /// callback of this address space); allocates; must not be called with a lock held that an
+    /// invalidation of this address space, or one of its callbacks, takes. Fails with a typed
+    /// error, never panics.
     ///
     /// Errors: [`Error::InvalidOps`] for a forbidden combination of callbacks,
     /// [`Error::Released`] after [`release`](Self::release), [`Error::InCallback`] when called
@@ -443,7 +480,7 @@ impl Mm {
         shared: Option<(TypeId, Box<dyn std::any::Any + Send + Sync>)>,
     ) -> Result<Arc<Subscriber>, Error> {
         let caps = ops.capabilities();
-        caps.validate()?;
+        caps.validate_for(self.inner.profile)?;
         if self.is_released() {
             return Err(Error::Released);
         }
@@ -473,7 +510,13 @@ impl Mm {
             });
             sub
         };
-        subs.synchronize();
+        if caps.is_fallible_start_with_end() {
+            // Only `Profile::Pre5_12` lets it through `validate_for`.
+            self.inner
+                .diag
+                .report(Warning::FallibleStartWithEnd { subscriber: sub.id });
+        }
+        subs.synchronize(&self.inner.srcu);
         Ok(sub)
     }
 
@@ -543,7 +586,7 @@ impl Mm {
                     .report(Warning::CalledFromCallback { api: "synchronize" });
                 return;
             }
-            s.synchronize();
+            s.synchronize(&self.inner.srcu);
         }
     }
 
@@ -557,6 +600,9 @@ impl Mm {
     pub fn invalidate_range_start(&self, mut range: Range) -> InvalidateGuard<'_> {
         annotate::might_sleep();
         range.set_blockable(true);
+        let srcu = &self.inner.srcu;
+        let token = srcu.read_lock();
+        let mark = tls::enter(self.inner.id);
         let active = match self.subs() {
             None => {
                 // As in Linux, the map is taken whether or not anyone is subscribed.
@@ -567,7 +613,10 @@ impl Mm {
         };
         InvalidateGuard {
             range,
+            srcu,
+            token,
             active,
+            _mark: mark,
             _not_send: PhantomData,
         }
     }
@@ -587,20 +636,35 @@ impl Mm {
         mut range: Range,
     ) -> Result<InvalidateGuard<'_>, WouldBlock> {
         range.set_blockable(false);
+        let srcu = &self.inner.srcu;
+        let token = srcu.read_lock();
+        let mark = tls::enter(self.inner.id);
         let active = match self.subs() {
             None => {
                 let _map = annotate::invalidate_map_acquire();
                 None
             }
-            Some(subs) => Some(self.start_dispatch(subs, &range)?),
+            Some(subs) => match self.start_dispatch(subs, &range) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    drop(mark);
+                    srcu.read_unlock(token);
+                    return Err(e);
+                }
+            },
         };
         Ok(InvalidateGuard {
             range,
+            srcu,
+            token,
             active,
+            _mark: mark,
             _not_send: PhantomData,
         })
     }
 
+    /// The start side, called inside the invalidation's read section and dispatch mark, which
+    /// the caller ends if this fails.
     #[inline]
     fn start_dispatch<'a>(
         &'a self,
@@ -608,17 +672,12 @@ impl Mm {
         range: &Range,
     ) -> Result<Active<'a>, WouldBlock> {
         let blockable = range.is_blockable();
-        let token = subs.srcu.read_lock();
         // Inside the read section, so the validator records map → callback locks directly
         // (a recursive-read section between them would hide those edges).
         let _map = annotate::invalidate_map_acquire();
-        let mark = tls::enter(self.inner.id);
         let mut itree_active = false;
         if subs.has_itree.load(SeqCst) {
-            if let Err(e) = subs.itree_invalidate(range) {
-                subs.srcu.read_unlock(token);
-                return Err(e);
-            }
+            subs.itree_invalidate(range)?;
             itree_active = true;
         }
         let list = subs.list_ptr();
@@ -667,16 +726,12 @@ impl Mm {
                     subs.itree_inv_end();
                 }
             }
-            drop(mark);
-            subs.srcu.read_unlock(token);
             return Err(WouldBlock);
         }
         Ok(Active {
             subs,
             list,
-            token,
             itree_active,
-            _mark: mark,
         })
     }
 
@@ -686,7 +741,7 @@ impl Mm {
         let Some(subs) = self.subs() else {
             return false;
         };
-        let token = subs.srcu.read_lock();
+        let token = self.inner.srcu.read_lock();
         let _mark = tls::enter(self.inner.id);
         // SAFETY: read inside the read section `token`.
         let list = unsafe { &*subs.list_ptr() };
@@ -698,7 +753,7 @@ impl Mm {
             }
         }
         drop(_mark);
-        subs.srcu.read_unlock(token);
+        self.inner.srcu.read_unlock(token);
         hit
     }
 
@@ -761,7 +816,7 @@ impl Mm {
         if subs.has_itree.load(SeqCst) {
             subs.itree_release();
         }
-        let token = subs.srcu.read_lock();
+        let token = self.inner.srcu.read_lock();
         let mark = tls::enter(self.inner.id);
         // SAFETY: read inside the read section `token`.
         let list = unsafe { &*subs.list_ptr() };
@@ -775,14 +830,14 @@ impl Mm {
             subs.update_list(&mut st, |_| SubList::new());
         }
         drop(mark);
-        subs.srcu.read_unlock(token);
+        self.inner.srcu.read_unlock(token);
         if tls::inside(self.inner.id) {
             self.inner
                 .diag
                 .report(Warning::CalledFromCallback { api: "release" });
             return;
         }
-        subs.synchronize();
+        subs.synchronize(&self.inner.srcu);
     }
 
     /// Unlinks `sub` (unregister or last put) and retires it.
@@ -810,22 +865,22 @@ impl Mm {
             return Ok(());
         };
         if sub.claim_release() && sub.caps.contains(Capabilities::RELEASE) {
-            let token = subs.srcu.read_lock();
+            let token = self.inner.srcu.read_lock();
             {
                 let _mark = tls::enter(self.inner.id);
                 sub.ops.release(self);
             }
-            subs.srcu.read_unlock(token);
+            self.inner.srcu.read_unlock(token);
         }
         self.unlink(sub);
         if tls::inside(self.inner.id) {
             self.inner
                 .diag
                 .report(Warning::CalledFromCallback { api: "unregister" });
-            subs.try_reclaim();
+            subs.try_reclaim(&self.inner.srcu);
             return Err(Error::InCallback("unregister"));
         }
-        subs.synchronize();
+        subs.synchronize(&self.inner.srcu);
         Ok(())
     }
 
@@ -846,7 +901,7 @@ impl Mm {
         };
         if last {
             self.unlink(sub);
-            subs.try_reclaim();
+            subs.try_reclaim(&self.inner.srcu);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The list-subscriber contract: `struct mmu_notifier_ops`.
 
-use crate::{Error, Mm, Range, WouldBlock};
+use crate::{Error, Mm, Profile, Range, WouldBlock};
 
 bitflags::bitflags! {
     /// Which callbacks of [`MmuNotifierOps`] a subscriber implements.
@@ -40,14 +40,32 @@ bitflags::bitflags! {
 }
 
 impl Capabilities {
-    /// Checks the registration rules; the error says which one is broken.
+    /// Checks the registration rules of the current kernels ([`Profile::Current`]); the error
+    /// says which one is broken.
     pub fn validate(self) -> Result<(), Error> {
+        self.validate_for(Profile::Current)
+    }
+
+    /// Whether the start can fail and the subscriber also has an end: the shape of the drivers
+    /// written for Linux 4.19–5.11 (KVM's `kvm_mmu_notifier_invalidate_range_start` of that
+    /// era), which those kernels accepted and which the 5.12 pairing fix no longer can.
+    pub fn is_fallible_start_with_end(self) -> bool {
+        self.contains(Self::START_CAN_FAIL | Self::INVALIDATE_RANGE_END)
+    }
+
+    /// Checks the registration rules of `profile`'s kernels.
+    ///
+    /// Under [`Profile::Pre5_12`] a fallible start together with an end is accepted, as those
+    /// kernels accepted it ([`Mm::register`] then reports
+    /// [`Warning::FallibleStartWithEnd`](crate::Warning::FallibleStartWithEnd)): that profile
+    /// exists to run such drivers and show the seed-004 imbalance they suffer.
+    pub fn validate_for(self, profile: Profile) -> Result<(), Error> {
         if self.contains(Self::START_CAN_FAIL) && !self.contains(Self::INVALIDATE_RANGE_START) {
             return Err(Error::InvalidOps(
                 "START_CAN_FAIL needs INVALIDATE_RANGE_START: only a start can fail",
             ));
         }
-        if self.contains(Self::START_CAN_FAIL) && self.contains(Self::INVALIDATE_RANGE_END) {
+        if self.is_fallible_start_with_end() && profile != Profile::Pre5_12 {
             return Err(Error::InvalidOps(
                 "a subscriber whose invalidate_range_start can fail must not have \
                  invalidate_range_end (the core ends every subscriber with an end after a refused \
@@ -138,6 +156,22 @@ mod tests {
             .validate()
             .is_ok());
         assert!(C::START_CAN_FAIL.validate().is_err());
+    }
+
+    #[test]
+    fn fallible_start_with_end_is_accepted_on_the_pre_5_12_profile_only() {
+        use crate::Profile;
+        let kvm419 = C::INVALIDATE_RANGE_START | C::START_CAN_FAIL | C::INVALIDATE_RANGE_END;
+        assert!(kvm419.is_fallible_start_with_end());
+        assert!(kvm419.validate_for(Profile::Pre5_12).is_ok());
+        assert!(kvm419.validate_for(Profile::Current).is_err());
+        // The other rules hold on every profile.
+        assert!(C::START_CAN_FAIL.validate_for(Profile::Pre5_12).is_err());
+        assert!(
+            (C::ARCH_INVALIDATE_SECONDARY_TLBS | C::INVALIDATE_RANGE_END)
+                .validate_for(Profile::Pre5_12)
+                .is_err()
+        );
     }
 
     #[test]

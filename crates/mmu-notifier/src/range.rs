@@ -145,6 +145,39 @@ impl Range {
         self.blockable
     }
 
+    /// The driver-side idiom of every callback that takes a sleeping lock: in a blockable range
+    /// take it (`lock`, which may sleep); in a non-blockable one only try it (`try_lock`), and
+    /// `None` means refuse — return [`WouldBlock`](crate::WouldBlock) from a list start
+    /// (`.ok_or(WouldBlock)?`) or `false` from an interval callback. This is how amdgpu,
+    /// nouveau and KVM write it (`if (blockable) mutex_lock(); else if (!mutex_trylock())
+    /// return -EAGAIN;`).
+    ///
+    /// ```
+    /// # use mmu_notifier::{Event, Range, WouldBlock};
+    /// # use std::sync::Mutex;
+    /// let lock = Mutex::new(0u64);
+    /// let range = Range::new(0, 4096, Event::Unmap).unwrap();
+    /// let guard = range.lock_or_refuse(|| lock.lock().unwrap(), || lock.try_lock().ok());
+    /// assert!(guard.is_some());
+    /// ```
+    ///
+    /// # Context
+    ///
+    /// From a callback. Sleeps only inside `lock`, and only when the range is blockable;
+    /// allocates nothing; "fails" by returning `None`, only in a non-blockable range.
+    #[inline]
+    pub fn lock_or_refuse<G>(
+        &self,
+        lock: impl FnOnce() -> G,
+        try_lock: impl FnOnce() -> Option<G>,
+    ) -> Option<G> {
+        if self.blockable {
+            Some(lock())
+        } else {
+            try_lock()
+        }
+    }
+
     /// The owner token, if any.
     pub fn owner(&self) -> Option<Owner> {
         self.owner

@@ -285,15 +285,19 @@ fn seed000_spinlock_in_arch_invalidate_secondary_tlbs_is_clean() {
     assert!(scope.is_clean(), "{}", describe(&scope.reports()));
 }
 
-/// An interval subscriber (HMM/ODP shape): the callback takes the driver lock and bumps the
-/// sequence under it.
+/// An interval subscriber (HMM/ODP shape): the callback takes the driver lock (only tries it
+/// in a non-blockable range) and bumps the sequence under it.
 struct Mirror {
     lock: Arc<Mutex<Option<u64>>>,
 }
 
 impl IntervalNotifierOps for Mirror {
-    fn invalidate(&self, interval: &Interval, _range: &Range, cur_seq: u64) -> bool {
-        let mut pt = self.lock.lock();
+    fn invalidate(&self, interval: &Interval, range: &Range, cur_seq: u64) -> bool {
+        // Interval callbacks of a non-blockable range are checked for sleeping too.
+        let Some(mut pt) = range.lock_or_refuse(|| self.lock.lock(), || self.lock.try_lock())
+        else {
+            return false;
+        };
         interval.set_seq(cur_seq);
         *pt = None;
         true
