@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod lru;
 pub mod pte;
 pub mod rmap;
 pub mod vma;
