@@ -29,6 +29,10 @@ pub enum VmError {
         /// End of the requested range.
         end: u64,
     },
+    /// An access the kernel answers with `SIGBUS`: beyond the end of a file, or to memory the
+    /// OOM reaper has taken.
+    #[error("bus error: {0}")]
+    Bus(String),
     /// Out of memory: no frame could be found even after reclaim (`ENOMEM` / `VM_FAULT_OOM`).
     #[error("out of memory")]
     OutOfMemory,
@@ -42,6 +46,10 @@ pub enum VmError {
     /// `MMF_UNSTABLE`).
     #[error("the address space is gone or unstable: {0}")]
     Gone(String),
+    /// The range changed while it was being walked (`-EBUSY` from `hmm_range_fault`): the
+    /// caller takes a new `read_begin` and retries.
+    #[error("busy: the range was invalidated during the walk")]
+    Busy,
     /// A would-block condition a non-blocking caller asked to be told of (`EAGAIN`).
     #[error("would block: {0}")]
     WouldBlock(String),

@@ -63,6 +63,11 @@ pub mod flags {
     pub const ISOLATED: u32 = 1 << 7;
     /// Locked for I/O or migration (`PG_locked`).
     pub const LOCKED: u32 = 1 << 8;
+    /// Anonymous: `mapping` names an anon_vma, not a file (`PageAnon`, the low bit of
+    /// `folio->mapping` in Linux).
+    pub const ANON: u32 = 1 << 9;
+    /// Lazily freeable (`MADV_FREE`): reclaim may drop it without swapping if still clean.
+    pub const LAZYFREE: u32 = 1 << 10;
 }
 
 /// One frame's metadata: this simulator's `struct page`.
@@ -312,24 +317,14 @@ impl FramePool {
         Some(Pfn(pfn))
     }
 
-    /// `folio_put`: drops a reference; the last one frees the frame. Returns whether it was
-    /// freed. Freeing a frame that is still mapped or pinned, on an LRU list, or already free is
-    /// an invariant violation (reported, the frame is left as it is).
-    pub fn put(&self, pfn: Pfn) -> Result<bool, VmError> {
+    /// `folio_put_testzero`: drops a reference; returns whether it was the last. The caller then
+    /// takes the frame off its LRU list and calls [`FramePool::free`] (`__folio_put`).
+    pub fn put_testzero(&self, pfn: Pfn) -> Result<bool, VmError> {
         let f = self.frame(pfn)?;
         let mut cur = f.refcount.load(Ordering::Acquire);
         loop {
             if cur == 0 {
                 return Err(VmError::Invariant(format!("put of a free frame ({pfn})")));
-            }
-            if cur == 1 {
-                let (mapped, pinned, fl) = (f.mapcount(), f.pincount(), f.flags());
-                if mapped != 0 || pinned != 0 || fl & (flags::LRU | flags::FREE) != 0 {
-                    return Err(VmError::Invariant(format!(
-                        "last reference of {pfn} dropped while mapcount={mapped} \
-                         pincount={pinned} flags={fl:#x}"
-                    )));
-                }
             }
             match f.refcount.compare_exchange_weak(
                 cur,
@@ -337,18 +332,49 @@ impl FramePool {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break,
+                Ok(_) => return Ok(cur == 1),
                 Err(now) => cur = now,
             }
         }
-        if cur != 1 {
-            return Ok(false);
+    }
+
+    /// Returns a frame whose last reference is gone to the free list. A frame still mapped,
+    /// pinned or listed is an invariant violation: it is reported and *not* freed (leaked rather
+    /// than reused while something can still reach it).
+    pub fn free(&self, pfn: Pfn) -> Result<(), VmError> {
+        let f = self.frame(pfn)?;
+        let (refs, mapped, pinned, fl) = (f.refcount(), f.mapcount(), f.pincount(), f.flags());
+        if refs != 0 || mapped != 0 || pinned != 0 || fl & (flags::LRU | flags::FREE) != 0 {
+            return Err(VmError::Invariant(format!(
+                "{pfn} freed with refcount={refs} mapcount={mapped} pincount={pinned} \
+                 flags={fl:#x}"
+            )));
         }
         f.generation.fetch_add(1, Ordering::AcqRel);
         f.flags.store(flags::FREE, Ordering::Release);
         self.used.fetch_sub(1, Ordering::AcqRel);
         self.free.lock().push(pfn.0);
         self.nr_free.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// `folio_put` for a frame that is never on an LRU list: drops a reference and frees the
+    /// frame with the last. Returns whether it was freed. Dropping the last reference of a
+    /// frame that is still mapped or pinned is an invariant violation (the reference is kept).
+    pub fn put(&self, pfn: Pfn) -> Result<bool, VmError> {
+        let f = self.frame(pfn)?;
+        if f.refcount() == 1 && (f.mapcount() != 0 || f.pincount() != 0 || f.test(flags::LRU)) {
+            return Err(VmError::Invariant(format!(
+                "last reference of {pfn} dropped while mapcount={} pincount={} flags={:#x}",
+                f.mapcount(),
+                f.pincount(),
+                f.flags()
+            )));
+        }
+        if !self.put_testzero(pfn)? {
+            return Ok(false);
+        }
+        self.free(pfn)?;
         Ok(true)
     }
 

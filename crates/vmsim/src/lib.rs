@@ -1,20 +1,50 @@
 //! A simulated Linux memory manager that drives the MMU-notifier contract where and how Linux
 //! does.
 //!
-//! Work in progress: the physical memory ([`frame`]), page tables ([`pte`]), VMAs ([`vma`]) and
-//! reverse maps ([`rmap`]) are here; processes, operations, reclaim and the OOM reaper follow.
+//! The seeds of this project are bugs where the notifier contract meets reclaim, the OOM reaper,
+//! page-table locks and allocation. `vmsim` is the primary MMU they need: physical frames with
+//! Linux's counts ([`frame`]), address spaces with VMAs ([`vma`]), page tables with split
+//! page-table locks ([`pte`]), reverse maps ([`rmap`]), the LRU ([`lru`]), swap, faults with
+//! copy-on-write, mmap/munmap/mremap, exit, reclaim (kswapd and direct) and the OOM killer and
+//! reaper — each calling the notifiers with the event, range, blockability and locks Linux uses
+//! at that call site (cited in each module). Every lock is a `lockdep` lock, every allocation
+//! goes through its allocation hook, so a driver's lock-order or context bug is reported from
+//! a run that never hangs.
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod error;
+mod exit;
+pub mod fault;
+mod file;
+mod fork;
 pub mod frame;
+pub mod gup;
 pub mod lru;
+pub mod machine;
+pub mod madvise;
+pub mod mmap;
+pub mod mprotect;
+pub mod oom;
 pub mod pte;
+pub mod reclaim;
 pub mod rmap;
+pub mod space;
+pub mod swap;
 pub mod vma;
+mod zap;
 
 pub use error::VmError;
 pub use frame::{Frame, FramePool, Pfn};
+pub use gup::HmmPfn;
+pub use machine::{Config, Machine, Stats};
+pub use madvise::Advice;
+pub use mmap::{MapKind, MapRequest};
+pub use oom::ReapReport;
+pub use reclaim::Shrinker;
+pub use space::{Process, Space};
+pub use vma::vm;
 
 /// The lowest address a mapping may use (`mmap_min_addr`).
 pub const MMAP_MIN_ADDR: u64 = 0x10000;

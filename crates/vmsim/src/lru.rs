@@ -74,7 +74,11 @@ impl Lru {
             }
             return Err(VmError::Invariant(format!(
                 "{pfn} added to an LRU list while {}",
-                if prev & flags::FREE != 0 { "free" } else { "on a list" }
+                if prev & flags::FREE != 0 {
+                    "free"
+                } else {
+                    "on a list"
+                }
             )));
         }
         match kind {
@@ -128,13 +132,20 @@ impl Lru {
     pub fn putback(&self, pool: &FramePool, pfn: Pfn, kind: LruKind) -> Result<bool, VmError> {
         let f = pool.frame(pfn)?;
         f.clear(flags::ISOLATED);
-        // The owner may have dropped every other reference: then the frame is freed instead of
-        // listed (Linux: `folio_put_testzero` in `move_folios_to_lru`).
-        if f.refcount() == 1 {
-            return pool.put(pfn);
-        }
         self.add(pool, pfn, kind)?;
-        pool.put(pfn)
+        self.put_page(pool, pfn)
+    }
+
+    /// `folio_put` for frames that may be on a list: drops a reference; the last one takes the
+    /// frame off its list and frees it (`__folio_put` → `lruvec_del_folio`). Returns whether it
+    /// was freed.
+    pub fn put_page(&self, pool: &FramePool, pfn: Pfn) -> Result<bool, VmError> {
+        if !pool.put_testzero(pfn)? {
+            return Ok(false);
+        }
+        self.del(pool, pfn)?;
+        pool.free(pfn)?;
+        Ok(true)
     }
 
     /// Frames on a list, head to tail (tests and invariant checks).
@@ -203,7 +214,7 @@ mod tests {
         assert_eq!(lru.lens(), (2, 1));
         assert_eq!(lru.frames(&pool, LruKind::Active), vec![pfns[0]]);
         // The owner let go of pfns[1] while it was isolated: putback frees it.
-        pool.put(pfns[1]).unwrap();
+        assert!(!lru.put_page(&pool, pfns[1]).unwrap());
         assert!(lru.putback(&pool, pfns[1], LruKind::Inactive).unwrap());
         assert!(lru.del(&pool, pfns[2]).unwrap());
         assert_eq!(lru.frames(&pool, LruKind::Inactive), vec![pfns[3]]);

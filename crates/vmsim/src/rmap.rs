@@ -95,6 +95,37 @@ impl MapperSet {
             .collect()
     }
 
+    /// Calls `f(mm, address)` for every entry that may map page index `index`, with the rmap
+    /// lock held for read across the whole walk (`rmap_walk_anon` / `rmap_walk_file` under
+    /// `anon_vma_lock_read` / `i_mmap_lock_read`): the callbacks may sleep (reclaim calls
+    /// notifiers from here) but the set of VMAs cannot change underneath.
+    pub fn walk(&self, index: u64, mut f: impl FnMut(MmId, u64)) {
+        let entries = self.entries.read();
+        for m in entries.iter() {
+            if let Some(a) = m.address_of(index) {
+                f(m.mm, a);
+            }
+        }
+    }
+
+    /// Calls `f(entry, start, end)` for every entry mapping some page of `[first, end)` (page
+    /// indices), with the address range it maps them at, holding the rmap lock for read
+    /// (`vma_interval_tree_foreach` under `i_mmap_lock_read`).
+    pub fn walk_range(&self, first: u64, end: u64, mut f: impl FnMut(Mapper, u64, u64)) {
+        let entries = self.entries.read();
+        for m in entries.iter() {
+            let pages = (m.end - m.start) / PAGE_SIZE;
+            let (lo, hi) = (first.max(m.pgoff), end.min(m.pgoff + pages));
+            if lo < hi {
+                f(
+                    *m,
+                    m.start + (lo - m.pgoff) * PAGE_SIZE,
+                    m.start + (hi - m.pgoff) * PAGE_SIZE,
+                );
+            }
+        }
+    }
+
     /// Every entry of `mm` (tests and invariant checks).
     pub fn entries_of(&self, mm: MmId) -> Vec<Mapper> {
         self.entries
@@ -119,6 +150,8 @@ impl MapperSet {
 static ANON_VMA_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&anon_vma->rwsem");
 static I_MMAP_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mapping->i_mmap_rwsem");
 static I_PAGES_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mapping->i_pages");
+
+static DISK_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("vmsim disk");
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -156,13 +189,24 @@ impl Default for AnonVma {
     }
 }
 
+/// One slot of a page cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheEntry {
+    /// The page is in memory.
+    Page(Pfn),
+    /// A shmem page swapped out to this slot (Linux stores the swap entry in `i_pages`).
+    Swap(u32),
+}
+
 /// A file or shmem object: its page cache (`i_pages`), size and reverse map (`i_mmap`).
 pub struct File {
     id: u32,
     shmem: bool,
     size_pages: AtomicU64,
-    /// The page cache: page index → frame (`mapping->i_pages`).
-    pub pages: lockdep::SpinLock<BTreeMap<u64, Pfn>>,
+    /// The page cache: page index → page or shmem swap slot (`mapping->i_pages`).
+    pub pages: lockdep::SpinLock<BTreeMap<u64, CacheEntry>>,
+    /// A regular file's content on disk, by page index (what writeback wrote; absent = zeros).
+    pub disk: lockdep::SpinLock<BTreeMap<u64, u64>>,
     /// The VMA pieces mapping the file (`mapping->i_mmap`).
     pub i_mmap: MapperSet,
 }
@@ -177,6 +221,7 @@ impl File {
             shmem,
             size_pages: AtomicU64::new(size_pages),
             pages: lockdep::SpinLock::new(BTreeMap::new(), &I_PAGES_LOCK),
+            disk: lockdep::SpinLock::new(BTreeMap::new(), &DISK_LOCK),
             i_mmap: MapperSet::new(&I_MMAP_LOCK),
         }
     }

@@ -111,6 +111,33 @@ impl Vma {
         self.anon_vmas.first()
     }
 
+    /// Files this VMA in the reverse maps of its anon_vmas and file (`anon_vma_chain_link`,
+    /// `vma_interval_tree_insert`).
+    pub(crate) fn link(&self, mm: crate::rmap::MmId) {
+        let m = crate::rmap::Mapper {
+            mm,
+            start: self.start,
+            end: self.end,
+            pgoff: self.pgoff,
+        };
+        for av in &self.anon_vmas {
+            av.mappers.link(m);
+        }
+        if let Some(f) = self.file() {
+            f.i_mmap.link(m);
+        }
+    }
+
+    /// Removes this VMA's range from the reverse maps (`unlink_anon_vmas`, `unlink_file_vma`).
+    pub(crate) fn unlink(&self, mm: crate::rmap::MmId) {
+        for av in &self.anon_vmas {
+            av.mappers.unlink(mm, self.start, self.end);
+        }
+        if let Some(f) = self.file() {
+            f.i_mmap.unlink(mm, self.start, self.end);
+        }
+    }
+
     /// Splits at `addr` (strictly inside): `self` keeps `[start, addr)`, the returned VMA is
     /// `[addr, end)` with its page offset advanced (`__split_vma`).
     fn split_off(&mut self, addr: u64) -> Vma {
@@ -337,7 +364,7 @@ mod tests {
     fn bad_ranges_are_typed_errors() {
         assert!(check_range(0x1001, 4096).is_err());
         assert!(check_range(0x1000, 0).is_err());
-        assert!(check_range(u64::MAX & !0xfff, 8192).is_err());
+        assert!(check_range(!0xfff, 8192).is_err());
         assert_eq!(check_range(0x1000, 1).unwrap(), 0x2000);
     }
 }

@@ -1,0 +1,197 @@
+//! The OOM killer and the OOM reaper (`mm/oom_kill.c`).
+//!
+//! When reclaim makes no progress, `out_of_memory` picks the address space with the largest
+//! footprint (`oom_badness`: resident pages here), marks it a victim, and queues it for the OOM
+//! reaper, which runs in its own thread (`oom_reaper`). The reaper (`oom_reap_task`):
+//!
+//! * takes the victim's mmap lock for read with a *trylock* (`oom_reap_task_mm`); failure counts
+//!   as an attempt;
+//! * leaves an mm that `exit_mmap` already finished (`MMF_OOM_SKIP`) alone;
+//! * sets `MMF_UNSTABLE` (faults now fail: `check_stable_address_space`);
+//! * walks every anonymous or private VMA (`__oom_reap_task_mm`) with a **non-blockable**
+//!   [`Event::Unmap`] invalidation of the whole VMA; a VMA whose start is refused is skipped —
+//!   no end for it — and the attempt fails; the others are zapped and their end called;
+//! * retries the *whole* mm up to `MAX_OOM_REAP_RETRIES` (10) times, sleeping between attempts,
+//!   so VMAs reaped before are notified again; after the last failure it reports
+//!   "oom_reaper: unable to reap"; either way it sets `MMF_OOM_SKIP`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mmu_notifier::{Event, Range};
+
+use crate::machine::{Inner, Machine};
+use crate::rmap::MmId;
+use crate::space::{mmf, Process, Space};
+use crate::zap::Gather;
+
+/// What the OOM reaper did with one victim.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// The victim's address space.
+    pub mm: MmId,
+    /// Attempts made (at most the configured retries).
+    pub attempts: u32,
+    /// VMAs unmapped, summed over attempts.
+    pub reaped_vmas: usize,
+    /// Pages unmapped, summed over attempts.
+    pub reaped_pages: usize,
+    /// VMAs whose non-blockable start was refused, in the last attempt: `(start, end)`.
+    pub skipped: Vec<(u64, u64)>,
+    /// Attempts that could not take the mmap lock.
+    pub lock_failures: u32,
+    /// The reaper gave up after every attempt failed ("oom_reaper: unable to reap").
+    pub gave_up: bool,
+    /// `exit_mmap` got there first (`MMF_OOM_SKIP` was set).
+    pub already_exited: bool,
+}
+
+impl std::fmt::Display for ReapReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.gave_up {
+            write!(
+                f,
+                "oom_reaper: unable to reap mm {} after {} attempts ({} VMA(s) refused, {} lock failure(s))",
+                self.mm,
+                self.attempts,
+                self.skipped.len(),
+                self.lock_failures
+            )
+        } else {
+            write!(
+                f,
+                "oom_reaper: reaped mm {}: {} VMA(s), {} page(s) in {} attempt(s)",
+                self.mm, self.reaped_vmas, self.reaped_pages, self.attempts
+            )
+        }
+    }
+}
+
+/// One pass over the mm (`__oom_reap_task_mm`). Returns whether every VMA was reaped.
+fn reap_once(space: &Space, report: &mut ReapReport) -> bool {
+    let Some(vmas) = space.mmap_lock.try_read() else {
+        report.lock_failures += 1;
+        return false;
+    };
+    if space.test(mmf::OOM_SKIP) {
+        report.already_exited = true;
+        return true;
+    }
+    space.set(mmf::UNSTABLE);
+    let mut ok = true;
+    report.skipped.clear();
+    for v in vmas.iter() {
+        if !v.is_anonymous() && v.is_shared() {
+            continue;
+        }
+        let Ok(range) = Range::new(v.start, v.end, Event::Unmap) else {
+            continue;
+        };
+        let mut tlb = Gather::new(); // `tlb_gather_mmu` before the start, as Linux does
+        match space.mm.invalidate_range_start_nonblock(range) {
+            Err(_) => {
+                // Refused: leave the VMA alone, no end, go on with the next one.
+                ok = false;
+                report.skipped.push((v.start, v.end));
+                let _ = tlb.finish(space);
+            }
+            Ok(guard) => {
+                let before = space.rss();
+                let _ = tlb.zap(space, v.start, v.end, |_| true);
+                drop(guard);
+                let _ = tlb.finish(space);
+                report.reaped_vmas += 1;
+                report.reaped_pages += before.saturating_sub(space.rss());
+            }
+        }
+    }
+    ok
+}
+
+/// `oom_reap_task`: up to `retries` attempts with `delay` between failures, then
+/// `MMF_OOM_SKIP`.
+pub(crate) fn oom_reap(space: &Space, retries: u32, delay: Duration) -> ReapReport {
+    let mut report = ReapReport {
+        mm: space.id(),
+        ..ReapReport::default()
+    };
+    while report.attempts < retries {
+        report.attempts += 1;
+        if reap_once(space, &mut report) {
+            report.skipped.clear();
+            space.set(mmf::OOM_SKIP);
+            return report;
+        }
+        std::thread::sleep(delay);
+    }
+    report.gave_up = !space.test(mmf::OOM_SKIP);
+    space.set(mmf::OOM_SKIP);
+    report
+}
+
+/// `out_of_memory`: picks a victim, reaps it in the `oom_reaper` thread, and waits for the
+/// reaper (bounded). Returns whether a victim was found.
+pub(crate) fn out_of_memory(m: &Inner) -> bool {
+    let victim = m
+        .spaces()
+        .into_iter()
+        .filter(|s| !s.test(mmf::OOM_SKIP | mmf::OOM_VICTIM | mmf::EXITED) && s.rss() > 0)
+        .max_by_key(|s| s.rss());
+    let Some(victim) = victim else { return false };
+    victim.set(mmf::OOM_VICTIM);
+    m.counters.oom_kills.fetch_add(1, Ordering::Relaxed);
+    let (retries, delay) = (m.config.oom_reap_retries, m.config.oom_reap_delay);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reaper_victim: Arc<Space> = victim.clone();
+    let spawned = std::thread::Builder::new()
+        .name("oom_reaper".into())
+        .spawn(move || {
+            let report = oom_reap(&reaper_victim, retries, delay);
+            let _ = tx.send(report);
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    // The allocator does not wait for the reaper in Linux; it retries. Waiting (bounded) makes
+    // the retry see the reaped memory.
+    let wait = delay * (retries + 1) + Duration::from_millis(100);
+    if let Ok(report) = rx.recv_timeout(wait) {
+        m.oom_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(report);
+    }
+    true
+}
+
+impl Machine {
+    /// Reports of the OOM reaper so far.
+    pub fn oom_reports(&self) -> Vec<ReapReport> {
+        self.0
+            .oom_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Kills `process` as the OOM killer would and reaps its address space in this thread
+    /// (`oom_reap_task`), returning the reaper's report. Use it to drive the reaper directly in
+    /// a test; under real pressure the allocator does this in an `oom_reaper` thread.
+    pub fn oom_kill(&self, process: &Process) -> ReapReport {
+        let s = process.space();
+        s.set(mmf::OOM_VICTIM);
+        self.0.counters.oom_kills.fetch_add(1, Ordering::Relaxed);
+        let r = oom_reap(
+            s,
+            self.0.config.oom_reap_retries,
+            self.0.config.oom_reap_delay,
+        );
+        self.0
+            .oom_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r.clone());
+        r
+    }
+}

@@ -1,0 +1,437 @@
+//! Page reclaim (`mm/vmscan.c`, `mm/rmap.c`): the LRU scan, the reverse-map walks that ask the
+//! primary and secondary MMUs whether a page was used and that unmap it, swap-out, writeback,
+//! shrinkers, and kswapd.
+//!
+//! Notifier call sites:
+//! * `folio_referenced` → `folio_referenced_one` → `ptep_clear_flush_young_notify`: the primary
+//!   young bit is tested and cleared and `mmu_notifier_clear_flush_young` asks the secondaries,
+//!   under the page-table lock (atomic context);
+//! * `try_to_unmap` → `try_to_unmap_one`: one blockable [`Event::Clear`] per mapping of the page
+//!   (`[address, address + PAGE_SIZE)`), *without* that address space's mmap lock, with the rmap
+//!   lock held — and, in direct reclaim, inside whatever locks the allocating thread holds. This
+//!   is where a notifier that takes a lock held across an allocation deadlocks (seeds 000, 001,
+//!   002), and where the validator, seeing `fs_reclaim` held around the callback, reports it.
+//!
+//! Reclaim runs with `PF_MEMALLOC` set ([`in_reclaim`]): its own allocations never recurse into
+//! reclaim, and may use the reserve below the min watermark.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
+use lockdep::Gfp;
+use mmu_notifier::{Event, Range};
+
+use crate::error::VmError;
+use crate::frame::{flags, Pfn};
+use crate::lru::LruKind;
+use crate::machine::Inner;
+use crate::pte::{pte_index, Pte, PAGE_SIZE};
+use crate::rmap::{CacheEntry, MapperSet, MmId};
+
+/// A cache that can give memory back under pressure (`struct shrinker`).
+pub trait Shrinker: Send + Sync {
+    /// A name for reports.
+    fn name(&self) -> &str;
+    /// How many objects could be freed (`count_objects`).
+    fn count(&self) -> usize;
+    /// Frees up to `n` objects; returns how many frames that gave back (`scan_objects`). Called
+    /// in reclaim context: must not allocate with a blocking GFP.
+    fn scan(&self, n: usize) -> usize;
+}
+
+thread_local! {
+    static MEMALLOC: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread is inside reclaim (`current->flags & PF_MEMALLOC`).
+pub fn in_reclaim() -> bool {
+    MEMALLOC.with(|c| c.get() > 0)
+}
+
+struct MemallocScope {
+    _noreclaim: lockdep::MemallocGuard,
+}
+
+impl MemallocScope {
+    fn enter() -> MemallocScope {
+        MEMALLOC.with(|c| c.set(c.get() + 1));
+        MemallocScope {
+            _noreclaim: lockdep::memalloc_noreclaim_save(),
+        }
+    }
+}
+
+impl Drop for MemallocScope {
+    fn drop(&mut self) {
+        MEMALLOC.with(|c| c.set(c.get() - 1));
+    }
+}
+
+/// Reclaims up to `target` frames (`shrink_node` → `shrink_lruvec` → `shrink_folio_list`,
+/// then `shrink_slab`). `direct`: in an allocating thread (`try_to_free_pages`), else kswapd.
+pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp, direct: bool) -> usize {
+    if in_reclaim() {
+        return 0;
+    }
+    let _fs = lockdep::fs_reclaim_section(gfp);
+    let _memalloc = MemallocScope::enter();
+    let _ = direct;
+    let mut freed = 0;
+    let batch = m.config.reclaim_batch;
+    // `shrink_active_list`: keep the inactive list at least as long as the active one.
+    let (inactive, active) = m.lru.lens();
+    if inactive < active || inactive < target {
+        for pfn in m.lru.isolate(
+            &m.pool,
+            LruKind::Active,
+            batch.max(active - inactive.min(active)) / 2 + 1,
+        ) {
+            let _ = m.lru.putback(&m.pool, pfn, LruKind::Inactive);
+        }
+    }
+    // Two passes over the inactive list at most: a page referenced once gets one more round.
+    let mut scanned = 0;
+    let limit = 2 * m.lru.lens().0 + batch;
+    while freed < target && scanned < limit {
+        let isolated = m.lru.isolate(&m.pool, LruKind::Inactive, batch);
+        if isolated.is_empty() {
+            break;
+        }
+        scanned += isolated.len();
+        for pfn in isolated {
+            match shrink_folio(m, pfn, true) {
+                Ok(true) => freed += 1,
+                Ok(false) => {}
+                Err(_) => {}
+            }
+        }
+    }
+    if freed < target {
+        for s in m.shrinkers.read().iter() {
+            let n = s.count();
+            if n > 0 {
+                freed += s.scan(n.min(target - freed.min(target)).max(1));
+            }
+        }
+    }
+    m.counters
+        .reclaimed
+        .fetch_add(freed as u64, Ordering::Relaxed);
+    freed
+}
+
+fn mappers_of(m: &Inner, pfn: Pfn) -> Option<(Arc<dyn AsMappers>, u64)> {
+    let f = m.pool.get(pfn);
+    let (owner, index) = f.mapping();
+    if owner == 0 {
+        return None;
+    }
+    if f.test(flags::ANON) {
+        m.anon_vma(owner).map(|a| (a as Arc<dyn AsMappers>, index))
+    } else {
+        m.file(owner).map(|f| (f as Arc<dyn AsMappers>, index))
+    }
+}
+
+trait AsMappers: Send + Sync {
+    fn mappers(&self) -> &MapperSet;
+}
+impl AsMappers for crate::rmap::AnonVma {
+    fn mappers(&self) -> &MapperSet {
+        &self.mappers
+    }
+}
+impl AsMappers for crate::rmap::File {
+    fn mappers(&self) -> &MapperSet {
+        &self.i_mmap
+    }
+}
+
+/// `folio_referenced`: how many mappings of the page were used since the last look, by the
+/// primary (young bit, cleared) or by a secondary MMU (`clear_flush_young`).
+pub(crate) fn folio_referenced(m: &Inner, pfn: Pfn) -> usize {
+    let Some((owner, index)) = mappers_of(m, pfn) else {
+        return 0;
+    };
+    let mut referenced = 0;
+    owner.mappers().walk(index, |mm, addr| {
+        let Some(space) = m.space(mm) else { return };
+        let Some(leaf) = space.pt.leaf(addr) else {
+            return;
+        };
+        let mut ptes = leaf.ptl.lock();
+        let pte = &mut ptes[pte_index(addr)];
+        if !pte.is_present() || pte.pfn() != Some(pfn) {
+            return;
+        }
+        let young = pte.is_young();
+        *pte = pte.mkold();
+        // `ptep_clear_flush_young_notify`: the secondaries are asked under the PTL.
+        let secondary = space.mm.clear_flush_young(addr, addr + PAGE_SIZE);
+        if young || secondary {
+            referenced += 1;
+        }
+    });
+    referenced
+}
+
+/// `try_to_unmap`: removes every mapping of the page, each behind a blockable Clear
+/// invalidation of its address space. Anonymous mappings become swap entries of `slot`.
+/// Returns how many mappings were removed, and whether the page is now unmapped.
+fn try_to_unmap(m: &Inner, pfn: Pfn, slot: Option<u32>) -> Result<(usize, bool), VmError> {
+    let f = m.pool.get(pfn);
+    let Some((owner, index)) = mappers_of(m, pfn) else {
+        return Ok((0, f.mapcount() == 0));
+    };
+    let mut removed = 0;
+    let mut err = Ok(());
+    let mut visited: Vec<(MmId, u64)> = Vec::new();
+    owner.mappers().walk(index, |mm, addr| {
+        if visited.contains(&(mm, addr)) {
+            return;
+        }
+        visited.push((mm, addr));
+        let Some(space) = m.space(mm) else { return };
+        let Ok(range) = Range::new(addr, addr + PAGE_SIZE, Event::Clear) else {
+            return;
+        };
+        // `try_to_unmap_one`: mmu_notifier_range_init(MMU_NOTIFY_CLEAR, ...), blockable.
+        let guard = space.mm.invalidate_range_start(range);
+        if let Some(leaf) = space.pt.leaf(addr) {
+            let mut ptes = leaf.ptl.lock();
+            let pte = &mut ptes[pte_index(addr)];
+            if pte.is_present() && pte.pfn() == Some(pfn) {
+                // `ptep_clear_flush`: the TLB flush with its secondary hook, under the PTL.
+                space
+                    .mm
+                    .arch_invalidate_secondary_tlbs(addr, addr + PAGE_SIZE);
+                if pte.is_dirty() {
+                    f.set(flags::DIRTY);
+                }
+                *pte = match slot {
+                    Some(s) => {
+                        if removed > 0 {
+                            if let Err(e) = m.swap.dup(s) {
+                                err = Err(e);
+                            }
+                        }
+                        Pte::swap(s)
+                    }
+                    None => Pte::NONE,
+                };
+                space.rss.fetch_sub(1, Ordering::AcqRel);
+                match f.unmap() {
+                    Ok(_) => removed += 1,
+                    Err(e) => err = Err(e),
+                }
+            }
+        }
+        drop(guard);
+    });
+    err?;
+    if let Some(s) = slot {
+        if removed == 0 {
+            m.swap.free(s)?;
+        }
+    }
+    for _ in 0..removed {
+        m.put_page(pfn)?;
+    }
+    Ok((removed, f.mapcount() == 0))
+}
+
+/// `reclaim_pages` (`MADV_PAGEOUT`): isolates one page and reclaims it without asking whether
+/// it was referenced. Returns whether it was freed.
+pub(crate) fn reclaim_page(m: &Inner, pfn: Pfn) -> Result<bool, VmError> {
+    let f = m.pool.get(pfn);
+    if !f.try_get() {
+        return Ok(false);
+    }
+    if !m.lru.del(&m.pool, pfn)? {
+        // Already isolated by someone else (reclaim, migration): leave it to them.
+        m.put_page(pfn)?;
+        return Ok(false);
+    }
+    f.set(flags::ISOLATED);
+    let _memalloc = MemallocScope::enter();
+    shrink_folio(m, pfn, false)
+}
+
+/// `shrink_folio_list` for one isolated page. Returns whether it was freed.
+fn shrink_folio(m: &Inner, pfn: Pfn, check_references: bool) -> Result<bool, VmError> {
+    let f = m.pool.get(pfn);
+    let keep = |kind| m.lru.putback(&m.pool, pfn, kind).map(|_| false);
+    if f.pincount() > 0 {
+        // `folio_maybe_dma_pinned`: a device may be writing to it; never reclaimed.
+        return keep(LruKind::Active);
+    }
+    let referenced = if check_references {
+        folio_referenced(m, pfn)
+    } else {
+        0
+    };
+    if referenced > 0 {
+        m.counters.referenced.fetch_add(1, Ordering::Relaxed);
+        if f.set(flags::REFERENCED) & flags::REFERENCED != 0 || referenced > 1 {
+            return keep(LruKind::Active);
+        }
+        return keep(LruKind::Inactive);
+    }
+    f.clear(flags::REFERENCED);
+    if f.test(flags::ANON) {
+        let lazy = f.test(flags::LAZYFREE) && !f.test(flags::DIRTY);
+        let slot = if lazy {
+            None
+        } else {
+            match m.swap.store(f.content()) {
+                Some(s) => Some(s),
+                None => return keep(LruKind::Active),
+            }
+        };
+        let (_, unmapped) = try_to_unmap(m, pfn, slot)?;
+        if !unmapped {
+            return keep(LruKind::Active);
+        }
+        if slot.is_some() {
+            m.counters.swap_out.fetch_add(1, Ordering::Relaxed);
+        }
+        f.clear(flags::ISOLATED);
+        return m.put_page(pfn);
+    }
+    // A page-cache page: unmap, write back, remove from the cache.
+    let (owner, index) = f.mapping();
+    let Some(file) = m.file(owner) else {
+        // Truncated and orphaned: only the isolation reference is left to drop.
+        let _ = try_to_unmap(m, pfn, None)?;
+        f.clear(flags::ISOLATED);
+        return m.put_page(pfn);
+    };
+    let slot = if file.is_shmem() {
+        match m.swap.store(f.content()) {
+            Some(s) => Some(s),
+            None => return keep(LruKind::Active),
+        }
+    } else {
+        None
+    };
+    let (_, unmapped) = try_to_unmap(m, pfn, None)?;
+    if !unmapped || f.pincount() > 0 {
+        if let Some(s) = slot {
+            m.swap.free(s)?;
+        }
+        return keep(LruKind::Active);
+    }
+    if slot.is_none() && f.test(flags::DIRTY) {
+        // `pageout`: synchronous writeback.
+        file.disk.lock().insert(index, f.content());
+    }
+    let mut pages = file.pages.lock();
+    if pages.get(&index) != Some(&CacheEntry::Page(pfn)) {
+        drop(pages);
+        if let Some(s) = slot {
+            m.swap.free(s)?;
+        }
+        f.clear(flags::ISOLATED);
+        return m.put_page(pfn);
+    }
+    match slot {
+        Some(s) => {
+            pages.insert(index, CacheEntry::Swap(s));
+            m.counters.swap_out.fetch_add(1, Ordering::Relaxed);
+        }
+        None => {
+            pages.remove(&index);
+        }
+    }
+    drop(pages);
+    f.clear(flags::ISOLATED | flags::DIRTY);
+    m.put_page(pfn)?; // the page cache's reference
+    m.put_page(pfn) // the isolation reference
+}
+
+#[derive(Default)]
+struct KswapdState {
+    /// `(woken, stopping)`.
+    flags: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl KswapdState {
+    /// Sleeps until woken; returns false when told to stop.
+    fn wait(&self) -> bool {
+        let mut s = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.0 && !s.1 {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.0 = false;
+        !s.1
+    }
+}
+
+/// kswapd's handle: its wake/stop state (shared with the thread, which holds only a weak
+/// reference to the machine while it sleeps) and the thread.
+#[derive(Default)]
+pub(crate) struct KswapdHandle {
+    state: Arc<KswapdState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl KswapdHandle {
+    /// `wakeup_kswapd`.
+    pub(crate) fn wake(&self) {
+        let mut s = self.state.flags.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = true;
+        self.state.cv.notify_one();
+    }
+
+    pub(crate) fn stop(&self) {
+        {
+            let mut s = self.state.flags.lock().unwrap_or_else(|e| e.into_inner());
+            s.1 = true;
+            self.state.cv.notify_one();
+        }
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            // The machine's last handle may be dropped by kswapd itself: never join oneself.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+pub(crate) fn start_kswapd(m: &Arc<Inner>) {
+    let weak: Weak<Inner> = Arc::downgrade(m);
+    let state = m.kswapd.state.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kswapd0".into())
+        .spawn(move || kswapd(weak, state));
+    if let Ok(h) = spawned {
+        *m.kswapd.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+    }
+}
+
+/// `kswapd` → `balance_pgdat`: reclaims until free memory is back above the high watermark.
+fn kswapd(weak: Weak<Inner>, state: Arc<KswapdState>) {
+    loop {
+        {
+            let Some(m) = weak.upgrade() else { return };
+            if m.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            if m.pool.nr_free() < m.config.wmark_high {
+                m.counters.kswapd_runs.fetch_add(1, Ordering::Relaxed);
+                while m.pool.nr_free() < m.config.wmark_high {
+                    let want = m.config.wmark_high - m.pool.nr_free();
+                    if reclaim(&m, want.max(1), Gfp::KERNEL, false) == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if !state.wait() {
+            return;
+        }
+    }
+}
