@@ -181,10 +181,14 @@ pub(crate) fn folio_referenced(m: &Inner, pfn: Pfn) -> usize {
 /// Returns how many mappings were removed, and whether the page is now unmapped.
 fn try_to_unmap(m: &Inner, pfn: Pfn, slot: Option<u32>) -> Result<(usize, bool), VmError> {
     let f = m.pool.get(pfn);
+    let mut removed = 0;
     let Some((owner, index)) = mappers_of(m, pfn) else {
+        // Nothing maps it any more (its last mapping went while it was isolated).
+        if let Some(s) = slot {
+            m.swap.free(s)?;
+        }
         return Ok((0, f.mapcount() == 0));
     };
-    let mut removed = 0;
     let mut err = Ok(());
     let mut visited: Vec<(MmId, u64)> = Vec::new();
     owner.mappers().walk(index, |mm, addr| {
@@ -281,15 +285,21 @@ fn shrink_folio(m: &Inner, pfn: Pfn, check_references: bool) -> Result<bool, VmE
     f.clear(flags::REFERENCED);
     if f.test(flags::ANON) {
         let lazy = f.test(flags::LAZYFREE) && !f.test(flags::DIRTY);
+        // `folio_alloc_swap`, then `try_to_unmap`, then `pageout`: the content is written once no
+        // CPU mapping can change it; a swap-in in between waits for it (the swap cache's job
+        // in Linux).
         let slot = if lazy {
             None
         } else {
-            match m.swap.store(f.content()) {
+            match m.swap.alloc() {
                 Some(s) => Some(s),
                 None => return keep(LruKind::Active),
             }
         };
-        let (_, unmapped) = try_to_unmap(m, pfn, slot)?;
+        let (removed, unmapped) = try_to_unmap(m, pfn, slot)?;
+        if let Some(s) = slot.filter(|_| removed > 0) {
+            m.swap.write(s, f.content())?;
+        }
         if !unmapped {
             return keep(LruKind::Active);
         }

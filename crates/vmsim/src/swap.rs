@@ -8,6 +8,8 @@ use crate::error::VmError;
 struct Slot {
     content: u64,
     refs: u32,
+    /// Allocated, content not written yet (reclaim is between unmap and pageout).
+    pending: bool,
 }
 
 struct Area {
@@ -31,7 +33,8 @@ impl Swap {
                     slots: vec![
                         Slot {
                             content: 0,
-                            refs: 0
+                            refs: 0,
+                            pending: false,
                         };
                         slots as usize
                     ],
@@ -44,20 +47,55 @@ impl Swap {
 
     /// Takes a free slot holding `content`, with one reference (`folio_alloc_swap` + writeout).
     pub fn store(&self, content: u64) -> Option<u32> {
-        let mut a = self.area.lock();
-        let slot = a.free.pop()?;
-        a.slots[slot as usize] = Slot { content, refs: 1 };
+        let slot = self.alloc()?;
+        self.write(slot, content).ok()?;
         Some(slot)
     }
 
-    /// The content of a slot in use (swap-in reads it).
-    pub fn load(&self, slot: u32) -> Result<u64, VmError> {
-        let a = self.area.lock();
-        match a.slots.get(slot as usize) {
-            Some(s) if s.refs > 0 => Ok(s.content),
+    /// Takes a free slot, with one reference, its content still to be written
+    /// (`folio_alloc_swap`); [`Swap::load`] waits until [`Swap::write`].
+    pub fn alloc(&self) -> Option<u32> {
+        let mut a = self.area.lock();
+        let slot = a.free.pop()?;
+        a.slots[slot as usize] = Slot {
+            content: 0,
+            refs: 1,
+            pending: true,
+        };
+        Some(slot)
+    }
+
+    /// Writes a slot's content (`swap_writepage`).
+    pub fn write(&self, slot: u32, content: u64) -> Result<(), VmError> {
+        let mut a = self.area.lock();
+        match a.slots.get_mut(slot as usize) {
+            Some(s) if s.refs > 0 => {
+                s.content = content;
+                s.pending = false;
+                Ok(())
+            }
             _ => Err(VmError::Invariant(format!(
-                "swap slot {slot} read while free"
+                "swap slot {slot} written while free"
             ))),
+        }
+    }
+
+    /// The content of a slot in use (swap-in reads it), waiting while its write is pending.
+    pub fn load(&self, slot: u32) -> Result<u64, VmError> {
+        loop {
+            {
+                let a = self.area.lock();
+                match a.slots.get(slot as usize) {
+                    Some(s) if s.refs > 0 && !s.pending => return Ok(s.content),
+                    Some(s) if s.refs > 0 => {}
+                    _ => {
+                        return Err(VmError::Invariant(format!(
+                            "swap slot {slot} read while free"
+                        )))
+                    }
+                }
+            }
+            std::thread::yield_now();
         }
     }
 
