@@ -92,6 +92,19 @@ mod imp {
     }
 }
 
+/// The primary's `mmap_lock` as a `lockdep` read-write lock: `might_lock` and `is_held` are
+/// the validator's.
+#[cfg(feature = "lockdep")]
+impl<T: Send + Sync + 'static> crate::MmapLock for lockdep::RwLock<T> {
+    #[track_caller]
+    fn might_lock(&self) {
+        lockdep::RwLock::might_lock(self);
+    }
+    fn is_held(&self) -> bool {
+        lockdep::RwLock::is_held(self)
+    }
+}
+
 #[cfg(not(feature = "lockdep"))]
 mod imp {
     /// What every guard is without a validator: nothing.

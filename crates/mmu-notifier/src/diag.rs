@@ -71,6 +71,12 @@ pub enum Warning {
         /// Subscriber id.
         subscriber: u64,
     },
+    /// A `_locked` variant was called without the primary's `mmap_lock` held (kernel:
+    /// `mmap_assert_write_locked`).
+    MmapLockNotHeld {
+        /// The API called.
+        api: &'static str,
+    },
 }
 
 impl Warning {
@@ -87,6 +93,7 @@ impl Warning {
             Warning::CalledFromCallback { .. } => "called-from-callback",
             Warning::DoubleRelease => "double-release",
             Warning::FallibleStartWithEnd { .. } => "fallible-start-with-end",
+            Warning::MmapLockNotHeld { .. } => "mmap-lock-not-held",
         }
     }
 }
@@ -135,6 +142,10 @@ impl fmt::Display for Warning {
                 "subscriber #{subscriber}: invalidate_range_start can fail and the subscriber has \
                  invalidate_range_end; accepted on the pre-5.12 profile, where a refused \
                  non-blockable start leaves it without its end"
+            ),
+            Warning::MmapLockNotHeld { api } => write!(
+                f,
+                "{api} called without the primary's mmap_lock held for write"
             ),
         }
     }

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use smallvec::SmallVec;
 
@@ -54,6 +54,15 @@ pub trait IntervalNotifierOps: Send + Sync + 'static {
     /// without doing anything: the invalidation is then refused as a whole. Refusing a blockable
     /// range is a contract violation (reported and ignored). The callback may sleep when
     /// `range.is_blockable()`.
+    ///
+    /// # Context
+    ///
+    /// Called from the primary's invalidation, possibly with the primary's locks held (its mmap
+    /// lock or rmap locks), concurrently with other callbacks. In a blockable range it may
+    /// sleep and allocate (GFP_KERNEL-style allocations in reclaim paths are reported with the
+    /// `lockdep` feature) and must return true; in a non-blockable range it runs inside
+    /// `non_block_start()/_end()`: it must not sleep and returns false to refuse
+    /// (`Range::lock_or_refuse`).
     fn invalidate(&self, interval: &Interval, range: &Range, cur_seq: u64) -> bool;
 }
 
@@ -302,6 +311,13 @@ impl Interval {
     /// Called from inside a callback of the same address space while such an invalidation is in
     /// flight, waiting would wait for itself: it reports the misuse and returns a value that
     /// makes every `read_retry` true instead.
+    ///
+    /// # Context
+    ///
+    /// May sleep: waits while an invalidation that hit this interval is open (`might_lock` of
+    /// the invalidation map with the `lockdep` feature). Must not be called under the driver
+    /// lock the callback takes (that is an ABBA deadlock with the invalidation). Allocates
+    /// nothing; never fails.
     pub fn read_begin(&self) -> u64 {
         let (seq, hit) = {
             let st = lock_as(&self.subs.itree, ContractLock::Itree);
@@ -326,6 +342,11 @@ impl Interval {
     /// under the same user lock the `invalidate` callback holds when it calls
     /// [`set_seq`](Self::set_seq); if it returns false, publish the secondary mapping before
     /// dropping that lock.
+    ///
+    /// # Context
+    ///
+    /// Any context; call it under the driver lock the callback takes. One atomic load; never
+    /// sleeps, allocates or fails.
     #[inline]
     pub fn read_retry(&self, seq: u64) -> bool {
         self.seq.load(Acquire) != seq
@@ -334,6 +355,10 @@ impl Interval {
     /// A lock-free hint that the read side begun with `seq` will have to retry
     /// (`mmu_interval_check_retry`): true is reliable, false is not. Use it to abandon long
     /// work early.
+    ///
+    /// # Context
+    ///
+    /// Any context, no lock needed; one atomic load; never sleeps, allocates or fails.
     #[inline]
     pub fn check_retry(&self, seq: u64) -> bool {
         self.seq.load(Acquire) != seq
@@ -341,6 +366,11 @@ impl Interval {
 
     /// Records the invalidation `cur_seq` (`mmu_interval_set_seq`). Call it from
     /// [`IntervalNotifierOps::invalidate`], under the user lock, unconditionally.
+    ///
+    /// # Context
+    ///
+    /// From `IntervalNotifierOps::invalidate`, under the driver lock; one atomic store; never
+    /// sleeps, allocates or fails.
     #[inline]
     pub fn set_seq(&self, cur_seq: u64) {
         self.seq.store(cur_seq, Release);
@@ -395,6 +425,24 @@ impl Interval {
     }
 }
 
+/// A weak reference to an [`Interval`], handed to the constructor of
+/// [`Mm::interval_notifier_insert_with`] so a driver's state can reach its own interval.
+#[derive(Clone, Debug)]
+pub struct IntervalRef(Weak<Interval>);
+
+impl IntervalRef {
+    /// The interval, while it exists (from the end of the insert until its handle is removed
+    /// and the last callback has returned).
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps or fails; `None` only before the insert has returned or after
+    /// the interval is gone.
+    pub fn upgrade(&self) -> Option<Arc<Interval>> {
+        self.0.upgrade()
+    }
+}
+
 /// The owning handle of an interval subscription made by [`Mm::interval_notifier_insert`].
 ///
 /// Derefs to its [`Interval`] for the read side. [`remove`](Self::remove) it when done;
@@ -425,6 +473,13 @@ impl IntervalNotifier {
     /// Must not be called from a callback of the same address space (or while this thread holds
     /// an open invalidation of it) when it would have to wait: that is detected and reported,
     /// the removal is queued without waiting, and [`Error::InCallback`] is returned.
+    ///
+    /// # Context
+    ///
+    /// May sleep: waits for an open invalidation epoch to end (`might_lock` of the invalidation
+    /// map); must not be called under the driver lock its callback takes. From a callback of
+    /// the same address space it queues the removal, does not wait and returns
+    /// `Error::InCallback`. Allocates nothing; never panics.
     pub fn remove(mut self) -> Result<(), Error> {
         self.removed = true;
         self.iv.remove()
@@ -444,16 +499,76 @@ impl Mm {
     ///
     /// The interval may not be in the tree yet when this returns (the insert is deferred while
     /// an epoch is open); establish secondary mappings only through
-    /// [`read_begin`](Interval::read_begin) / [`read_retry`](Interval::read_retry).
+    /// [`read_begin`](Interval::read_begin) / [`read_retry`](Interval::read_retry). The first
+    /// insert on an address space waits for every invalidation already open, subscribed or not
+    /// (see [`Mm::register`], "The first subscription").
     ///
     /// Errors: [`Error::Overflow`] for a zero length or one that runs past `u64::MAX`;
     /// [`Error::Released`] after [`release`](Mm::release); [`Error::InCallback`] for the first
-    /// insert on an address space made from one of its callbacks.
+    /// insert on an address space made from one of its callbacks or while this thread holds
+    /// an open invalidation of it.
+    ///
+    /// # Context
+    ///
+    /// May sleep (the first insert waits for a grace period); allocates; records
+    /// `might_lock` of the primary's [`MmapLock`] when one was given to the builder; must not be
+    /// called under the driver lock its callback takes. Fails with a typed error, never panics.
     pub fn interval_notifier_insert(
         &self,
         start: u64,
         length: u64,
         ops: impl IntervalNotifierOps,
+    ) -> Result<IntervalNotifier, Error> {
+        annotate::might_sleep();
+        self.might_lock_mmap();
+        self.insert_inner(start, length, |_| Box::new(ops))
+    }
+
+    /// [`interval_notifier_insert`](Self::interval_notifier_insert) for a caller that holds
+    /// the primary's `mmap_lock` for write (`mmu_interval_notifier_insert_locked`).
+    ///
+    /// # Context
+    ///
+    /// As [`interval_notifier_insert`](Self::interval_notifier_insert), with the
+    /// [`MmapLock`] given to the builder held by the caller (not held:
+    /// [`Warning::MmapLockNotHeld`], and it goes on).
+    pub fn interval_notifier_insert_locked(
+        &self,
+        start: u64,
+        length: u64,
+        ops: impl IntervalNotifierOps,
+    ) -> Result<IntervalNotifier, Error> {
+        annotate::might_sleep();
+        self.assert_mmap_locked("interval_notifier_insert_locked");
+        self.insert_inner(start, length, |_| Box::new(ops))
+    }
+
+    /// [`interval_notifier_insert`](Self::interval_notifier_insert) with the subscriber built
+    /// by `make`, which is handed a weak reference to the interval being created (as
+    /// `Arc::new_cyclic` does): a driver keeps it in its own state and reaches its interval
+    /// from there, with no `Mutex<Option<…>>` filled in after the insert.
+    ///
+    /// # Context
+    ///
+    /// As [`interval_notifier_insert`](Self::interval_notifier_insert); `make` runs before the
+    /// interval is linked, with no lock of the contract held, and must not upgrade the
+    /// reference (it is not alive yet).
+    pub fn interval_notifier_insert_with<T: IntervalNotifierOps>(
+        &self,
+        start: u64,
+        length: u64,
+        make: impl FnOnce(&IntervalRef) -> T,
+    ) -> Result<IntervalNotifier, Error> {
+        annotate::might_sleep();
+        self.might_lock_mmap();
+        self.insert_inner(start, length, |r| Box::new(make(r)))
+    }
+
+    fn insert_inner(
+        &self,
+        start: u64,
+        length: u64,
+        make: impl FnOnce(&IntervalRef) -> Box<dyn IntervalNotifierOps>,
     ) -> Result<IntervalNotifier, Error> {
         let last = length
             .checked_sub(1)
@@ -462,20 +577,24 @@ impl Mm {
         if self.is_released() {
             return Err(Error::Released);
         }
-        annotate::might_sleep();
         let subs = self.subs_arc();
         subs.enable_itree(self.srcu())?;
-        let mut st = lock_as(&subs.itree, ContractLock::Itree);
-        let iv = Arc::new(Interval {
+        let id = {
+            let mut st = lock_as(&subs.itree, ContractLock::Itree);
+            st.next_id += 1;
+            st.next_id - 1
+        };
+        // Built outside the tree lock: `make` is the driver's code.
+        let iv = Arc::new_cyclic(|weak| Interval {
             start,
             last,
-            id: st.next_id,
+            id,
             seq: AtomicU64::new(0),
-            ops: Box::new(ops),
+            ops: make(&IntervalRef(weak.clone())),
             subs: subs.clone(),
             mm: self.clone(),
         });
-        st.next_id += 1;
+        let mut st = lock_as(&subs.itree, ContractLock::Itree);
         if st.active != 0 {
             if st.invalidating() {
                 st.deferred.push(iv.clone());
@@ -497,6 +616,11 @@ impl Mm {
     }
 
     /// A snapshot of the interval state (`None` before the first interval insert).
+    ///
+    /// # Context
+    ///
+    /// Any context outside the interval callbacks; takes the interval-tree lock briefly (a
+    /// spinlock in the kernel); never sleeps; allocates nothing; never fails.
     pub fn interval_state(&self) -> Option<IntervalState> {
         let subs = self.subs()?;
         if !subs.has_itree.load(Acquire) {

@@ -104,7 +104,9 @@ mod tls;
 
 pub use diag::{DiagMode, Diagnostics, Warning};
 pub use error::{Error, WouldBlock};
-pub use interval::{Interval, IntervalNotifier, IntervalNotifierOps, IntervalState};
-pub use mm::{InvalidateGuard, Mm, MmBuilder, Profile, SharedSubscription, Subscription};
+pub use interval::{Interval, IntervalNotifier, IntervalNotifierOps, IntervalRef, IntervalState};
+pub use mm::{
+    InvalidateGuard, Mm, MmBuilder, MmUser, MmapLock, Profile, SharedSubscription, Subscription,
+};
 pub use ops::{Capabilities, MmuNotifierOps};
 pub use range::{Event, Owner, Range};

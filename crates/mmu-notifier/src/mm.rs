@@ -12,7 +12,7 @@ use crate::diag::{Diagnostics, Warning};
 use crate::interval::ItreeState;
 use crate::ops::{Capabilities, MmuNotifierOps};
 use crate::primitive::{
-    AtomicBool, AtomicPtr, AtomicU32, Condvar, Mutex,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Condvar, Mutex,
     Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };
 use crate::srcu::{ReadToken, Srcu};
@@ -35,10 +35,38 @@ pub enum Profile {
 }
 
 /// Builds an [`Mm`] with a [`Profile`] or a [`Diagnostics`] sink other than the defaults.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MmBuilder {
     profile: Profile,
     diag: Option<Arc<Diagnostics>>,
+    mmap_lock: Option<Arc<dyn MmapLock>>,
+}
+
+impl std::fmt::Debug for MmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmBuilder")
+            .field("profile", &self.profile)
+            .field("mmap_lock", &self.mmap_lock.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The primary's `mmap_lock`, as the contract sees it.
+///
+/// Linux's `mmu_interval_notifier_insert` and `mmu_notifier_register` take `mm->mmap_lock`
+/// for write (so `might_lock(&mm->mmap_lock)`), and their `_locked` variants assert that the
+/// caller holds it (`mmap_assert_write_locked`). Here the primary owns its lock and hands it to
+/// [`MmBuilder::mmap_lock`]; the contract never takes it, but with the `lockdep` feature it
+/// records the dependency of taking it ([`might_lock`](Self::might_lock)) in every unlocked
+/// variant and checks [`is_held`](Self::is_held) in every `_locked` one. With the `lockdep`
+/// feature, `lockdep::RwLock<T>` implements it.
+pub trait MmapLock: Send + Sync + 'static {
+    /// Record the dependencies of taking the lock for write, without taking it
+    /// (`might_lock`). Never sleeps.
+    fn might_lock(&self);
+    /// Whether the calling thread holds the lock (`lockdep_is_held`). An implementation that
+    /// cannot know returns true, as the kernel's does with lockdep off.
+    fn is_held(&self) -> bool;
 }
 
 impl MmBuilder {
@@ -54,7 +82,23 @@ impl MmBuilder {
         self
     }
 
-    /// The address space.
+    /// The primary's `mmap_lock` (see [`MmapLock`]). Without one, the unlocked variants record
+    /// nothing and the `_locked` ones check nothing.
+    pub fn mmap_lock(mut self, lock: Arc<dyn MmapLock>) -> Self {
+        self.mmap_lock = Some(lock);
+        self
+    }
+
+    /// The address space and its first user (`mm_alloc`: `mm_users == 1`): dropping the last
+    /// [`MmUser`] tears the address space down ([`Mm::release`], as `exit_mmap` does).
+    pub fn build_user(self) -> MmUser {
+        let mm = self.build();
+        mm.inner.users.store(1, SeqCst);
+        MmUser { mm }
+    }
+
+    /// The address space with no user: nothing tears it down but an explicit
+    /// [`Mm::release`] (a primary that manages its own lifetime, or a test).
     pub fn build(self) -> Mm {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Mm {
@@ -63,20 +107,87 @@ impl MmBuilder {
                 srcu: Srcu::new(),
                 subs: AtomicPtr::new(std::ptr::null_mut()),
                 released: AtomicBool::new(false),
+                users: AtomicUsize::new(0),
                 profile: self.profile,
                 diag: self.diag.unwrap_or_else(Diagnostics::global),
+                mmap_lock: self.mmap_lock,
             }),
         }
     }
 }
 
-/// One address space's notifier state (the kernel's `mm->notifier_subscriptions`).
+/// One address space's notifier state (the kernel's `mm->notifier_subscriptions`): a
+/// *reference* to it (Linux's `mmgrab`/`mm_count`).
 ///
-/// Cloning gives another handle to the same address space. The subscription state is created
-/// on the first subscription; until then an invalidation costs one atomic load.
+/// Cloning gives another reference to the same address space. References keep the state
+/// alive; they do not keep the address space in use: that is what an [`MmUser`] does
+/// (`mm_users`). Subscriptions and intervals hold references, never users, so they cannot keep
+/// their own address space from being torn down. The subscription state is created on the
+/// first subscription.
 #[derive(Clone)]
 pub struct Mm {
     inner: Arc<MmInner>,
+}
+
+/// A *user* of an address space (Linux's `mmget`/`mm_users`; Rust-for-Linux's `MmWithUser`).
+///
+/// Derefs to its [`Mm`]. Cloning adds a user; dropping the last one tears the address space
+/// down exactly once ([`Mm::release`], as `mmput` → `exit_mmap` → `mmu_notifier_release`):
+/// every list subscriber still registered gets `release`, every interval the teardown
+/// invalidation. Subscriptions made through it live on as references until their handles
+/// go, but no subscriber is ever freed without `release` having run.
+pub struct MmUser {
+    mm: Mm,
+}
+
+impl MmUser {
+    /// A new address space with the default profile, and its first user.
+    pub fn new() -> MmUser {
+        MmBuilder::default().build_user()
+    }
+
+    /// The address space, as a reference that does not keep it in use (`mmgrab`).
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+}
+
+impl Default for MmUser {
+    fn default() -> Self {
+        MmUser::new()
+    }
+}
+
+impl std::ops::Deref for MmUser {
+    type Target = Mm;
+    fn deref(&self) -> &Mm {
+        &self.mm
+    }
+}
+
+impl Clone for MmUser {
+    /// `mmget`: one more user.
+    fn clone(&self) -> Self {
+        self.mm.inner.users.fetch_add(1, SeqCst);
+        MmUser {
+            mm: self.mm.clone(),
+        }
+    }
+}
+
+impl Drop for MmUser {
+    /// `mmput`: the last user tears the address space down.
+    fn drop(&mut self) {
+        if self.mm.inner.users.fetch_sub(1, SeqCst) == 1 {
+            self.mm.release();
+        }
+    }
+}
+
+impl std::fmt::Debug for MmUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MmUser").field(&self.mm).finish()
+    }
 }
 
 struct MmInner {
@@ -89,8 +200,11 @@ struct MmInner {
     /// pointer, owned by this struct and released in its `Drop`.
     subs: AtomicPtr<Subscriptions>,
     released: AtomicBool,
+    /// `mm_users`: the [`MmUser`] handles. Every [`Mm`] handle is a reference (`mm_count`).
+    users: AtomicUsize,
     profile: Profile,
     diag: Arc<Diagnostics>,
+    mmap_lock: Option<Arc<dyn MmapLock>>,
 }
 
 impl Drop for MmInner {
@@ -300,11 +414,21 @@ struct Active<'a> {
 
 impl InvalidateGuard<'_> {
     /// The range being invalidated (with its blockable flag as the subscribers saw it).
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn range(&self) -> &Range {
         &self.range
     }
 
     /// Ends the invalidation now (same as dropping the guard).
+    ///
+    /// # Context
+    ///
+    /// As the start it pairs with: may sleep after a blockable start (`might_sleep`, and the
+    /// end callbacks may sleep), must not after a non-blockable one. Allocates nothing; never
+    /// fails. On the thread that started it.
     pub fn end(self) {}
 }
 
@@ -346,11 +470,19 @@ impl Drop for InvalidateGuard<'_> {
 
 impl Mm {
     /// A new address space with the default [`Profile`] and diagnostics sink.
+    ///
+    /// # Context
+    ///
+    /// Any context; allocates (the grace-period domain); never sleeps or fails.
     pub fn new() -> Mm {
         MmBuilder::default().build()
     }
 
     /// A builder for a non-default profile or diagnostics sink.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn builder() -> MmBuilder {
         MmBuilder::default()
     }
@@ -361,29 +493,102 @@ impl Mm {
     }
 
     /// A process-unique id for this address space.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn id(&self) -> u64 {
         self.inner.id
     }
 
     /// The kernel behaviour this address space reproduces.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn profile(&self) -> Profile {
         self.inner.profile
     }
 
     /// Where this address space reports contract violations.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn diagnostics(&self) -> &Arc<Diagnostics> {
         &self.inner.diag
     }
 
     /// Whether anything ever subscribed (`mm_has_notifiers`).
+    ///
+    /// # Context
+    ///
+    /// Any context, callbacks included; one atomic load; never sleeps, allocates or fails.
     #[inline]
     pub fn has_notifiers(&self) -> bool {
         !self.inner.subs.load(Acquire).is_null()
     }
 
     /// Whether [`release`](Self::release) has run.
+    ///
+    /// # Context
+    ///
+    /// Any context; one atomic load; never sleeps, allocates or fails.
     pub fn is_released(&self) -> bool {
         self.inner.released.load(Acquire)
+    }
+
+    /// How many [`MmUser`]s the address space has (`mm_users`).
+    ///
+    /// # Context
+    ///
+    /// Any context; one atomic load; never sleeps, allocates or fails.
+    pub fn users(&self) -> usize {
+        self.inner.users.load(SeqCst)
+    }
+
+    /// A new user of the address space, unless it has none left (`mmget_not_zero`): an
+    /// address space whose last user is gone, or that was built without one, stays torn down
+    /// or unmanaged.
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps or allocates; `None` when the address space has no user left.
+    /// Dropping the user it returns may tear the address space down, which sleeps (see
+    /// `MmUser`).
+    pub fn get_user(&self) -> Option<MmUser> {
+        let mut n = self.inner.users.load(SeqCst);
+        while n != 0 {
+            match self
+                .inner
+                .users
+                .compare_exchange_weak(n, n + 1, SeqCst, SeqCst)
+            {
+                Ok(_) => {
+                    return Some(MmUser { mm: self.clone() });
+                }
+                Err(cur) => n = cur,
+            }
+        }
+        None
+    }
+
+    /// `might_lock(&mm->mmap_lock)`: the unlocked variants of registration would take it.
+    #[track_caller]
+    pub(crate) fn might_lock_mmap(&self) {
+        if let Some(l) = &self.inner.mmap_lock {
+            l.might_lock();
+        }
+    }
+
+    /// `mmap_assert_write_locked(mm)` for the `_locked` variants: reported, not fatal, as the
+    /// kernel's `WARN` is.
+    pub(crate) fn assert_mmap_locked(&self, api: &'static str) {
+        if let Some(l) = &self.inner.mmap_lock {
+            if !l.is_held() {
+                self.inner.diag.report(Warning::MmapLockNotHeld { api });
+            }
+        }
     }
 
     /// The subscription state, if anything ever subscribed.
@@ -464,6 +669,26 @@ impl Mm {
     /// from a callback of this address space (it would wait for itself; nothing is registered).
     pub fn register<T: MmuNotifierOps>(&self, ops: T) -> Result<Subscription<T>, Error> {
         annotate::might_sleep();
+        self.might_lock_mmap();
+        self.register_inner(ops)
+    }
+
+    /// [`register`](Self::register) for a caller that already holds the primary's
+    /// `mmap_lock` for write (`__mmu_notifier_register`).
+    ///
+    /// # Context
+    ///
+    /// As [`register`](Self::register), with the [`MmapLock`] given to the builder held by the
+    /// caller: a lock that is not held is reported
+    /// ([`Warning::MmapLockNotHeld`]) and the registration goes on, as the kernel's `WARN`
+    /// does.
+    pub fn register_locked<T: MmuNotifierOps>(&self, ops: T) -> Result<Subscription<T>, Error> {
+        annotate::might_sleep();
+        self.assert_mmap_locked("register_locked");
+        self.register_inner(ops)
+    }
+
+    fn register_inner<T: MmuNotifierOps>(&self, ops: T) -> Result<Subscription<T>, Error> {
         let ops = Arc::new(ops);
         let sub = self.link(Box::new(ops.clone()), None)?;
         Ok(Subscription {
@@ -526,11 +751,42 @@ impl Mm {
     /// The last [`SharedSubscription`] dropped unlinks it without calling `release` and frees
     /// it after a grace period (`mmu_notifier_put`); [`synchronize`](Self::synchronize) waits
     /// for such pending frees. `alloc` must not subscribe to this address space itself.
+    ///
+    /// # Context
+    ///
+    /// May sleep (a new subscription waits for a grace period); allocates; records `might_lock`
+    /// of the primary's `MmapLock` when the builder was given one; `alloc` runs with the
+    /// contract's get lock held and must not subscribe to this address space. Fails with a
+    /// typed error (`Released`, `TooManyUsers`, `InvalidOps`, `InCallback`), never panics.
     pub fn notifier_get<T: MmuNotifierOps>(
         &self,
         alloc: impl FnOnce(&Mm) -> T,
     ) -> Result<SharedSubscription<T>, Error> {
         annotate::might_sleep();
+        self.might_lock_mmap();
+        self.notifier_get_inner(alloc)
+    }
+
+    /// [`notifier_get`](Self::notifier_get) for a caller that already holds the primary's
+    /// `mmap_lock` for write (`mmu_notifier_get_locked`).
+    ///
+    /// # Context
+    ///
+    /// As [`notifier_get`](Self::notifier_get), with the [`MmapLock`] given to the builder
+    /// held by the caller (not held: [`Warning::MmapLockNotHeld`], and it goes on).
+    pub fn notifier_get_locked<T: MmuNotifierOps>(
+        &self,
+        alloc: impl FnOnce(&Mm) -> T,
+    ) -> Result<SharedSubscription<T>, Error> {
+        annotate::might_sleep();
+        self.assert_mmap_locked("notifier_get_locked");
+        self.notifier_get_inner(alloc)
+    }
+
+    fn notifier_get_inner<T: MmuNotifierOps>(
+        &self,
+        alloc: impl FnOnce(&Mm) -> T,
+    ) -> Result<SharedSubscription<T>, Error> {
         if self.is_released() {
             return Err(Error::Released);
         }
@@ -578,6 +834,13 @@ impl Mm {
     /// returned, and every shared subscription already put has been freed
     /// (`mmu_notifier_synchronize`). Grace periods are per address space, so a slow callback
     /// elsewhere does not delay this one.
+    ///
+    /// # Context
+    ///
+    /// May sleep: waits for every open invalidation and running callback of this address space.
+    /// Must not be called with a lock held that a callback takes; from inside a callback of
+    /// this address space it reports the misuse and returns without waiting. Allocates nothing;
+    /// never fails.
     pub fn synchronize(&self) {
         if let Some(s) = self.subs() {
             if tls::inside(self.inner.id) {
@@ -595,6 +858,13 @@ impl Mm {
     /// Never fails: subscribers may sleep, and a subscriber that refuses anyway is reported and
     /// ignored, as in the kernel. Dispatch order: interval subscribers hit by the range, by
     /// ascending start, then list subscribers, newest first.
+    ///
+    /// # Context
+    ///
+    /// May sleep (`might_sleep`), and so may the callbacks it runs; the primary calls it with
+    /// its own locks held (the mmap lock or the rmap locks, in Linux), which callbacks must
+    /// then not take. Allocates nothing of its own; never fails. The guard must be dropped on
+    /// the same thread. With nobody subscribed it costs one grace-period read section.
     #[track_caller]
     #[inline]
     pub fn invalidate_range_start(&self, mut range: Range) -> InvalidateGuard<'_> {
@@ -630,6 +900,14 @@ impl Mm {
     /// subscriber whose start succeeded has already been ended and the interval epoch is
     /// closed (unless the [`Profile::Pre5_12`] profile asks for the old, unpaired behaviour).
     /// An interval subscriber that refuses stops dispatch before the list subscribers.
+    ///
+    /// # Context
+    ///
+    /// Must not sleep, and neither may the callbacks (they run inside
+    /// `non_block_start()/_end()`, list and interval callbacks alike); for the OOM reaper,
+    /// which holds the mmap lock for read. Allocates nothing of its own; fails with
+    /// `WouldBlock` when a subscriber refuses, after ending every start that succeeded
+    /// (`Profile::Current`).
     #[track_caller]
     pub fn invalidate_range_start_nonblock(
         &self,
@@ -759,9 +1037,17 @@ impl Mm {
 
     /// Tests and clears the secondary accessed bits in `[start, end)`, flushing secondary
     /// TLBs; the OR of every subscriber's answer (`mmu_notifier_clear_flush_young`).
+    ///
+    /// # Context
+    ///
+    /// Called by the primary with its page-table lock held (`ptep_clear_flush_young_notify`
+    /// under the PTL in Linux), so each callback runs in atomic context: it must not sleep,
+    /// and with the `lockdep` feature a sleeping call inside it is reported. Allocates
+    /// nothing; never fails.
     pub fn clear_flush_young(&self, start: u64, end: u64) -> bool {
         let mut young = false;
         self.walk(Capabilities::CLEAR_FLUSH_YOUNG, |s| {
+            let _ptl = annotate::atomic_section();
             young |= s.ops.clear_flush_young(self, start, end);
             false
         });
@@ -770,9 +1056,15 @@ impl Mm {
 
     /// Like [`clear_flush_young`](Self::clear_flush_young) without the flush
     /// (`mmu_notifier_clear_young`).
+    ///
+    /// # Context
+    ///
+    /// As [`clear_flush_young`](Self::clear_flush_young): callbacks run in atomic context
+    /// (under the primary's page-table lock).
     pub fn clear_young(&self, start: u64, end: u64) -> bool {
         let mut young = false;
         self.walk(Capabilities::CLEAR_YOUNG, |s| {
+            let _ptl = annotate::atomic_section();
             young |= s.ops.clear_young(self, start, end);
             false
         });
@@ -781,14 +1073,26 @@ impl Mm {
 
     /// Whether any subscriber saw `address` accessed; stops at the first that did
     /// (`mmu_notifier_test_young`).
+    ///
+    /// # Context
+    ///
+    /// As [`clear_flush_young`](Self::clear_flush_young): callbacks run in atomic context
+    /// (under the primary's page-table lock).
     pub fn test_young(&self, address: u64) -> bool {
         self.walk(Capabilities::TEST_YOUNG, |s| {
+            let _ptl = annotate::atomic_section();
             s.ops.test_young(self, address)
         })
     }
 
     /// Invalidates hardware secondary TLBs for `[start, end)`, from the primary's TLB flush
     /// (`mmu_notifier_arch_invalidate_secondary_tlbs`). Callbacks run in atomic context.
+    ///
+    /// # Context
+    ///
+    /// Called from the primary's TLB flush, with the page-table lock held: callbacks run in
+    /// atomic context and must not sleep (reported with the `lockdep` feature). Allocates
+    /// nothing; never fails.
     pub fn arch_invalidate_secondary_tlbs(&self, start: u64, end: u64) {
         self.walk(Capabilities::ARCH_INVALIDATE_SECONDARY_TLBS, |s| {
             let _atomic = annotate::atomic_section();
@@ -804,6 +1108,13 @@ impl Mm {
     /// `release` once (unless their unregister already called it) and are unlinked. Returns
     /// after a grace period, so no `release` started by a concurrent unregister is still
     /// running. A second call is reported and does nothing.
+    ///
+    /// # Context
+    ///
+    /// May sleep: waits for a grace period, so it must not be called with a lock held that a
+    /// callback takes; from inside a callback it reports the misuse and does not wait.
+    /// Allocates nothing of its own; never fails; a second call is reported
+    /// (`Warning::DoubleRelease`) and does nothing. Called by the last `MmUser`'s drop.
     pub fn release(&self) {
         if self.inner.released.swap(true, AcqRel) {
             self.inner.diag.report(Warning::DoubleRelease);
@@ -925,6 +1236,12 @@ impl<T: MmuNotifierOps> Subscription<T> {
     /// Called from inside a callback of the same address space it cannot wait for itself: it
     /// still calls `release` and unlinks, reports the misuse and returns
     /// [`Error::InCallback`].
+    ///
+    /// # Context
+    ///
+    /// May sleep (waits for a grace period): must not be called with a lock held that a
+    /// callback of this subscription takes. From a callback of the same address space it does
+    /// not wait and returns `Error::InCallback`. Allocates nothing; never panics.
     pub fn unregister(mut self) -> Result<(), Error> {
         self.done = true;
         self.mm.unregister_sub(&self.sub)
@@ -970,6 +1287,11 @@ pub struct SharedSubscription<T: MmuNotifierOps> {
 
 impl<T: MmuNotifierOps> SharedSubscription<T> {
     /// Drops this user's reference. Never waits, so it may be called from a callback.
+    ///
+    /// # Context
+    ///
+    /// Any context that may take a mutex, callbacks included: never waits for a grace period
+    /// (the free is deferred). Allocates nothing; never fails.
     pub fn put(mut self) {
         self.done = true;
         self.mm.put_sub(&self.sub);

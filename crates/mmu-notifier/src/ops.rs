@@ -90,10 +90,16 @@ impl Capabilities {
 /// them with interior mutability. Only the callbacks named in
 /// [`capabilities`](Self::capabilities) are ever called.
 ///
-/// A subscriber must not hold a clone of the [`Mm`] it is registered with (that would keep the
-/// address space alive forever); it is handed `&Mm` where it needs one.
+/// A subscriber may hold an [`Mm`] (a reference, as a kernel notifier's `mm` pointer kept by
+/// `mmgrab`), but never an [`MmUser`](crate::MmUser): a user keeps the address space in use, so
+/// its `release` would never come. It is handed `&Mm` where it needs one.
 pub trait MmuNotifierOps: Send + Sync + 'static {
     /// Which callbacks this subscriber implements. Read once, at registration.
+    ///
+    /// # Context
+    ///
+    /// Called once, at registration, from the registering thread; must not block or call into
+    /// the address space.
     fn capabilities(&self) -> Capabilities;
 
     /// The address space is going away (or this subscription is unregistered). Tear down every
@@ -101,20 +107,40 @@ pub trait MmuNotifierOps: Send + Sync + 'static {
     /// Called exactly once per subscription, by whichever of [`Mm::release`] and
     /// [`Subscription::unregister`](crate::Subscription::unregister) gets there first; never by
     /// a shared subscription's last put.
+    ///
+    /// # Context
+    ///
+    /// May sleep and allocate; runs inside the address space's grace-period read section, from
+    /// teardown (possibly the last `MmUser`'s drop) or unregister; must not unregister or wait
+    /// for a grace period of this address space.
     fn release(&self, _mm: &Mm) {}
 
     /// Test and clear the accessed bit of secondary entries in `[start, end)` and flush the
     /// secondary TLB. Results of all subscribers are OR'ed.
+    ///
+    /// # Context
+    ///
+    /// Atomic context: called under the primary's page-table lock
+    /// (`ptep_clear_flush_young_notify`); must not sleep or allocate with a sleeping
+    /// allocation; spinlocks only.
     fn clear_flush_young(&self, _mm: &Mm, _start: u64, _end: u64) -> bool {
         false
     }
 
     /// Like [`clear_flush_young`](Self::clear_flush_young) but may skip the TLB flush.
+    ///
+    /// # Context
+    ///
+    /// Atomic context, as `clear_flush_young`.
     fn clear_young(&self, _mm: &Mm, _start: u64, _end: u64) -> bool {
         false
     }
 
     /// Test (do not clear) the accessed bit at `address`. Dispatch stops at the first `true`.
+    ///
+    /// # Context
+    ///
+    /// Atomic context, as `clear_flush_young`.
     fn test_young(&self, _mm: &Mm, _address: u64) -> bool {
         false
     }
@@ -126,6 +152,13 @@ pub trait MmuNotifierOps: Send + Sync + 'static {
     /// (`!range.is_blockable()`, e.g. the OOM reaper) it must not sleep; if it would have to,
     /// it returns [`WouldBlock`] — allowed only when [`Capabilities::START_CAN_FAIL`] is
     /// declared, in which case the subscriber has no end.
+    ///
+    /// # Context
+    ///
+    /// Called with the primary's locks possibly held. Blockable range: may sleep and allocate,
+    /// must succeed. Non-blockable range: runs inside `non_block_start()/_end()`, must not
+    /// sleep; may refuse with `WouldBlock` only when `START_CAN_FAIL` is declared
+    /// (`Range::lock_or_refuse` is the idiom).
     fn invalidate_range_start(&self, _range: &Range) -> Result<(), WouldBlock> {
         Ok(())
     }
@@ -134,10 +167,20 @@ pub trait MmuNotifierOps: Send + Sync + 'static {
     /// may be established again once every overlapping range has ended. Called exactly once for
     /// every start that this subscriber received and that succeeded — including when another
     /// subscriber refused a non-blockable start (the Linux 5.12 pairing fix).
+    ///
+    /// # Context
+    ///
+    /// As the start it pairs with: may sleep after a blockable start, inside `non_block` after
+    /// a non-blockable one. Must not fail; allocating is allowed when blockable.
     fn invalidate_range_end(&self, _range: &Range) {}
 
     /// Invalidate a hardware secondary TLB that walks the CPU page tables directly (IOMMU
     /// SVA/ATS). Called from the primary's TLB flush, in atomic context: must not sleep.
+    ///
+    /// # Context
+    ///
+    /// Atomic context (the primary's TLB flush, under its page-table lock): must not sleep;
+    /// spinlocks only; must not fail.
     fn arch_invalidate_secondary_tlbs(&self, _mm: &Mm, _start: u64, _end: u64) {}
 }
 

@@ -123,14 +123,10 @@ impl MmuNotifierOps for Trylock {
     fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
         self.starts.fetch_add(1, SeqCst);
         self.log.push(format!("{}:start", self.name));
-        if r.is_blockable() {
-            drop(self.lock.lock().unwrap());
-            return Ok(());
-        }
-        match self.lock.try_lock() {
-            Ok(_g) => Ok(()),
-            Err(_) => Err(WouldBlock),
-        }
+        let _g = r
+            .lock_or_refuse(|| self.lock.lock().unwrap(), || self.lock.try_lock().ok())
+            .ok_or(WouldBlock)?;
+        Ok(())
     }
 }
 
