@@ -138,9 +138,10 @@ pub(crate) fn handle_fault(
         } else if pte.is_swap() {
             do_swap_page(space, vma, &leaf, page, pte)?;
         } else if pte.is_device_private() {
-            return Err(VmError::WouldBlock(format!(
-                "{page:#x} is in device-private memory; migrating it back needs its driver"
-            )));
+            crate::migrate::migrate_to_ram(space, &leaf, page, pte)?;
+        } else if pte.is_migration() {
+            // `migration_entry_wait`: the page is moving; wait for the move to finish.
+            std::thread::yield_now();
         } else if write && !pte.is_write() {
             if vma.is_shared() {
                 // `wp_page_shared`: a shared page only needs its write bit (dirty tracking).

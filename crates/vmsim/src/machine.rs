@@ -153,6 +153,7 @@ pub struct Stats {
 }
 
 static REGISTRY_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("vmsim registry");
+static DEVICE_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("pgmap owners");
 static SHRINKER_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("shrinker_rwsem");
 
 pub(crate) struct Registry {
@@ -173,6 +174,8 @@ pub struct Inner {
     pub(crate) kswapd: crate::reclaim::KswapdHandle,
     pub(crate) next_mm: AtomicU64,
     pub(crate) oom_reports: std::sync::Mutex<Vec<crate::oom::ReapReport>>,
+    /// Owner of each device-private frame (`page->pgmap->owner`).
+    pub(crate) device_owner: lockdep::SpinLock<HashMap<u32, u64>>,
     pub(crate) shutdown: AtomicBool,
 }
 
@@ -201,6 +204,7 @@ impl Machine {
             kswapd: crate::reclaim::KswapdHandle::default(),
             next_mm: AtomicU64::new(1),
             oom_reports: std::sync::Mutex::new(Vec::new()),
+            device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
             shutdown: AtomicBool::new(false),
             config,
         });
@@ -328,7 +332,15 @@ impl Inner {
     }
 
     pub(crate) fn put_page(&self, pfn: Pfn) -> Result<bool, VmError> {
-        self.lru.put_page(&self.pool, pfn)
+        let device = self
+            .pool
+            .frame(pfn)?
+            .test(crate::frame::flags::DEVICE_PRIVATE);
+        let freed = self.lru.put_page(&self.pool, pfn)?;
+        if freed && device {
+            self.device_owner.lock().remove(&pfn.0);
+        }
+        Ok(freed)
     }
 
     #[track_caller]

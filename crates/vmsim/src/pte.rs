@@ -30,6 +30,7 @@ const YOUNG: u64 = 1 << 2;
 const DIRTY: u64 = 1 << 3;
 const SWAP: u64 = 1 << 4;
 const DEVICE: u64 = 1 << 5;
+const MIGRATION: u64 = 1 << 6;
 const VALUE_SHIFT: u32 = 12;
 
 impl Pte {
@@ -60,6 +61,24 @@ impl Pte {
         }
         Pte(v)
     }
+    /// A migration entry: the page at `pfn` is being moved; a fault waits until the move ends
+    /// (`make_writable_migration_entry`, `migration_entry_wait`).
+    pub fn migration(pfn: Pfn, write: bool) -> Pte {
+        let mut v = SWAP | MIGRATION | ((pfn.0 as u64) << VALUE_SHIFT);
+        if write {
+            v |= WRITE;
+        }
+        Pte(v)
+    }
+    /// A migration entry.
+    pub fn is_migration(self) -> bool {
+        self.0 & (SWAP | MIGRATION) == (SWAP | MIGRATION)
+    }
+    /// The page a migration entry stands for.
+    pub fn migration_pfn(self) -> Option<Pfn> {
+        self.is_migration()
+            .then_some(Pfn((self.0 >> VALUE_SHIFT) as u32))
+    }
     /// `pte_none`.
     pub fn is_none(self) -> bool {
         self.0 == 0
@@ -70,7 +89,7 @@ impl Pte {
     }
     /// A swap entry (not device-private).
     pub fn is_swap(self) -> bool {
-        self.0 & (SWAP | DEVICE) == SWAP
+        self.0 & (SWAP | DEVICE | MIGRATION) == SWAP
     }
     /// A device-private entry.
     pub fn is_device_private(self) -> bool {
@@ -128,6 +147,9 @@ impl std::fmt::Debug for Pte {
             return write!(f, "swap:{slot}");
         }
         let pfn = self.pfn().map_or(0, |p| p.0);
+        if let Some(p) = self.migration_pfn() {
+            return write!(f, "migration:{:#x}", p.0);
+        }
         let kind = if self.is_device_private() {
             "dev"
         } else {
@@ -275,6 +297,9 @@ mod tests {
         assert!(d.is_device_private() && !d.is_swap() && !d.is_present());
         assert_eq!(d.pfn(), Some(Pfn(9)));
         assert!(Pte::NONE.is_none());
+        let m = Pte::migration(Pfn(3), true);
+        assert!(m.is_migration() && !m.is_swap() && !m.is_present() && !m.is_device_private());
+        assert_eq!((m.migration_pfn(), m.pfn()), (Some(Pfn(3)), None));
     }
 
     #[test]

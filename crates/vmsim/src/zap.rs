@@ -51,6 +51,11 @@ impl Gather {
                 *pte = Pte::NONE;
                 return;
             }
+            if pte.is_migration() {
+                // The migrating thread holds the page; it finds the entry gone and skips it.
+                *pte = Pte::NONE;
+                return;
+            }
             let Some(pfn) = pte.pfn() else { return };
             if !filter(pfn) {
                 return;

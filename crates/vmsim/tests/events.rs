@@ -296,3 +296,65 @@ fn misuse_is_a_typed_error() {
         Err(VmError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn migration_fires_clear_per_mapping_and_keeps_content_in_every_process() {
+    // try_to_migrate_one: CLEAR per mapping; remove_migration_ptes: none.
+    let m = machine(64);
+    let parent = m.spawn();
+    let a = parent.mmap(MapRequest::anon(P)).unwrap();
+    parent.write(a, 42).unwrap();
+    let child = parent.fork().unwrap(); // the page is now mapped in two processes
+    let (rp, rc) = (Recorder::new(), Recorder::new());
+    let _sp = parent.mm().register(List(rp.clone(), recording())).unwrap();
+    let _sc = child.mm().register(List(rc.clone(), recording())).unwrap();
+    let before = parent.pin_user_pages(a, 1, false).unwrap();
+    assert_eq!(
+        parent.migrate_pages(a, 1).unwrap().skipped,
+        1,
+        "pinned pages stay"
+    );
+    parent.unpin_user_pages(&before).unwrap();
+    let r = parent.migrate_pages(a, 1).unwrap();
+    assert_eq!(r.moved.len(), 1);
+    assert_ne!(r.moved[0].1, before[0]);
+    assert_eq!(rp.starts(), vec![(Event::Clear, a, a + P, true)]);
+    assert_eq!(rc.starts(), vec![(Event::Clear, a, a + P, true)]);
+    assert_eq!((parent.read(a).unwrap(), child.read(a).unwrap()), (42, 42));
+    m.check().unwrap();
+}
+
+#[test]
+fn device_migration_is_owner_tagged_and_a_cpu_fault_brings_the_page_back() {
+    // migrate_vma_collect: MIGRATE over the range with the pgmap owner; migrate_to_ram: MIGRATE.
+    let m = machine(64);
+    let p = m.spawn();
+    let a = p.mmap(MapRequest::anon(2 * P)).unwrap();
+    p.write(a, 5).unwrap();
+    p.write(a + P, 6).unwrap();
+    let rec = Recorder::new();
+    let _s = p.mm().register(List(rec.clone(), recording())).unwrap();
+    let owner = mmu_notifier::Owner(77);
+    let r = p.migrate_to_device(a, a + 2 * P, owner, |_, v| v).unwrap();
+    assert_eq!(r.moved.len(), 2);
+    assert_eq!(rec.starts(), vec![(Event::Migrate, a, a + 2 * P, true)]);
+    assert_eq!(
+        p.space().rss(),
+        0,
+        "device-private pages are not resident on the CPU"
+    );
+    m.check().unwrap();
+    rec.take();
+    assert_eq!(
+        p.read(a + P).unwrap(),
+        6,
+        "a CPU access migrates the page back"
+    );
+    assert_eq!(rec.starts(), vec![(Event::Migrate, a + P, a + 2 * P, true)]);
+    p.munmap(a, 2 * P).unwrap();
+    assert_eq!(
+        m.check().unwrap().used,
+        0,
+        "the device page left is freed by munmap"
+    );
+}
