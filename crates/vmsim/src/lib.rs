@@ -10,6 +10,19 @@
 //! at that call site (cited in each module). Every lock is a `lockdep` lock, every allocation
 //! goes through its allocation hook, so a driver's lock-order or context bug is reported from
 //! a run that never hangs.
+//!
+//! ```
+//! use vmsim::{Config, Machine, MapRequest};
+//! let m = Machine::new(Config::new(1024).swap(1024)).unwrap();
+//! let p = m.spawn(); // a process with an empty address space
+//! let a = p.mmap(MapRequest::anon(16 * 4096)).unwrap();
+//! p.write(a, 42).unwrap(); // faults a page in
+//! let child = p.fork().unwrap(); // copy-on-write
+//! p.write(a, 43).unwrap(); // COW break: a Clear invalidation
+//! assert_eq!(child.read(a).unwrap(), 42);
+//! m.reclaim(8); // LRU scan, rmap, swap-out
+//! m.check().unwrap(); // invariants hold
+//! ```
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 

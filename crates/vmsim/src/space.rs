@@ -42,7 +42,9 @@ pub fn mmap_lock_class() -> lockdep::LockClass {
 pub struct Space {
     id: MmId,
     pub(crate) mm: Mm,
-    pub(crate) mmap_lock: lockdep::RwLock<VmaTree>,
+    /// The mmap lock and the VMAs it protects; shared with the contract, which records
+    /// `might_lock` of it in unlocked registrations and checks it in the `_locked` ones.
+    pub(crate) mmap_lock: Arc<lockdep::RwLock<VmaTree>>,
     pub(crate) pt: PageTable,
     pub(crate) flags: AtomicU32,
     pub(crate) rss: AtomicUsize,
@@ -53,11 +55,15 @@ pub struct Space {
 impl Space {
     pub(crate) fn new(machine: &Arc<Inner>) -> Arc<Space> {
         let id = machine.next_mm.fetch_add(1, Ordering::Relaxed);
-        let mm = Mm::builder().profile(machine.config.profile).build();
+        let mmap_lock = Arc::new(lockdep::RwLock::new(VmaTree::new(), &MMAP_LOCK));
+        let mm = Mm::builder()
+            .profile(machine.config.profile)
+            .mmap_lock(mmap_lock.clone())
+            .build();
         let s = Arc::new(Space {
             id,
             mm,
-            mmap_lock: lockdep::RwLock::new(VmaTree::new(), &MMAP_LOCK),
+            mmap_lock,
             pt: PageTable::new(),
             flags: AtomicU32::new(0),
             rss: AtomicUsize::new(0),
