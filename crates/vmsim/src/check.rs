@@ -29,6 +29,14 @@ impl Machine {
     /// end of a run); it reports the first violation as [`VmError::Invariant`].
     pub fn check(&self) -> Result<CheckReport, VmError> {
         let m = &self.0;
+        if let Some(e) = m
+            .late_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+        {
+            return Err(e.clone());
+        }
         let counts = m.pool.check_conservation()?;
         let mut maps: HashMap<Pfn, u32> = HashMap::new();
         let mut swap_refs: HashMap<u32, u32> = HashMap::new();

@@ -174,6 +174,8 @@ pub struct Inner {
     pub(crate) kswapd: crate::reclaim::KswapdHandle,
     pub(crate) next_mm: AtomicU64,
     pub(crate) oom_reports: std::sync::Mutex<Vec<crate::oom::ReapReport>>,
+    /// Errors found where they could not be returned; [`Machine::check`] reports them.
+    pub(crate) late_errors: std::sync::Mutex<Vec<VmError>>,
     /// Owner of each device-private frame (`page->pgmap->owner`).
     pub(crate) device_owner: lockdep::SpinLock<HashMap<u32, u64>>,
     pub(crate) shutdown: AtomicBool,
@@ -204,6 +206,7 @@ impl Machine {
             kswapd: crate::reclaim::KswapdHandle::default(),
             next_mm: AtomicU64::new(1),
             oom_reports: std::sync::Mutex::new(Vec::new()),
+            late_errors: std::sync::Mutex::new(Vec::new()),
             device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
             shutdown: AtomicBool::new(false),
             config,
@@ -280,7 +283,7 @@ impl Machine {
     /// Reclaims up to `target` frames now, as kswapd would (`GFP_KERNEL` context). Returns the
     /// frames freed.
     pub fn reclaim(&self, target: usize) -> usize {
-        crate::reclaim::reclaim(&self.0, target, Gfp::KERNEL, false)
+        crate::reclaim::reclaim(&self.0, target, Gfp::KERNEL)
     }
 
     /// Stops background threads (kswapd). Also done when the last handle goes.
@@ -366,7 +369,7 @@ impl Inner {
             }
             self.counters.direct_reclaim.fetch_add(1, Ordering::Relaxed);
             let want = self.config.reclaim_batch.max(self.config.wmark_min + 1);
-            let freed = crate::reclaim::reclaim(self, want, gfp, true);
+            let freed = crate::reclaim::reclaim(self, want, gfp);
             if freed == 0 && attempt >= 1 {
                 // No progress: the OOM killer (`out_of_memory`), then one more try.
                 if !crate::oom::out_of_memory(self) {
@@ -389,6 +392,33 @@ impl Inner {
 
     pub(crate) fn unregister_space(&self, id: MmId) {
         self.registry.lock().spaces.remove(&id);
+    }
+}
+
+impl crate::rmap::CacheOwner for Inner {
+    fn drop_cache_page(&self, pfn: Pfn) {
+        if let Ok(f) = self.pool.frame(pfn) {
+            f.set_mapping(0, 0);
+        }
+        if let Err(e) = self.put_page(pfn) {
+            self.late_error(e);
+        }
+    }
+    fn drop_swap_slot(&self, slot: u32) {
+        if let Err(e) = self.swap.free(slot) {
+            self.late_error(e);
+        }
+    }
+}
+
+impl Inner {
+    /// Records an error found where it cannot be returned (a destructor, a background thread);
+    /// [`Machine::check`] reports it.
+    pub(crate) fn late_error(&self, e: VmError) {
+        self.late_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
     }
 }
 

@@ -111,7 +111,8 @@ impl crate::machine::Machine {
     /// Creates a file (`shmem = false`: a regular file whose clean pages can be dropped) or a
     /// shmem object of `pages` pages (`memfd_create` + `ftruncate`).
     pub fn create_file(&self, pages: u64, shmem: bool) -> Arc<File> {
-        let f = Arc::new(File::new(pages, shmem));
+        let owner: std::sync::Weak<dyn crate::rmap::CacheOwner> = Arc::downgrade(&self.0) as _;
+        let f = Arc::new(File::new(pages, shmem, owner));
         self.0.register_file(&f);
         f
     }

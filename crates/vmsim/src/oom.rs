@@ -94,13 +94,17 @@ fn reap_once(space: &Space, report: &mut ReapReport) -> bool {
                 // Refused: leave the VMA alone, no end, go on with the next one.
                 ok = false;
                 report.skipped.push((v.start, v.end));
-                let _ = tlb.finish(space);
+                if let Err(e) = tlb.finish(space) {
+                    space.machine.late_error(e);
+                }
             }
             Ok(guard) => {
                 let before = space.rss();
-                let _ = tlb.zap(space, v.start, v.end, |_| true);
+                let zapped = tlb.zap(space, v.start, v.end, |_| true);
                 drop(guard);
-                let _ = tlb.finish(space);
+                if let Err(e) = zapped.and(tlb.finish(space)) {
+                    space.machine.late_error(e);
+                }
                 report.reaped_vmas += 1;
                 report.reaped_pages += before.saturating_sub(space.rss());
             }
@@ -148,7 +152,14 @@ pub(crate) fn out_of_memory(m: &Inner) -> bool {
         .name("oom_reaper".into())
         .spawn(move || {
             let report = oom_reap(&reaper_victim, retries, delay);
-            let _ = tx.send(report);
+            // The report is kept by the machine whether or not the allocator still waits.
+            reaper_victim
+                .machine
+                .oom_reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(report);
+            let _ = tx.send(()); // the allocator may have stopped waiting: nothing is lost
         });
     if spawned.is_err() {
         return false;
@@ -156,12 +167,7 @@ pub(crate) fn out_of_memory(m: &Inner) -> bool {
     // The allocator does not wait for the reaper in Linux; it retries. Waiting (bounded) makes
     // the retry see the reaped memory.
     let wait = delay * (retries + 1) + Duration::from_millis(100);
-    if let Ok(report) = rx.recv_timeout(wait) {
-        m.oom_reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(report);
-    }
+    let _ = rx.recv_timeout(wait);
     true
 }
 

@@ -69,14 +69,14 @@ impl Drop for MemallocScope {
 }
 
 /// Reclaims up to `target` frames (`shrink_node` → `shrink_lruvec` → `shrink_folio_list`,
-/// then `shrink_slab`). `direct`: in an allocating thread (`try_to_free_pages`), else kswapd.
-pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp, direct: bool) -> usize {
+/// then `shrink_slab`), in an allocating thread (`try_to_free_pages`) or kswapd. Errors (an
+/// invariant broken by a page it touched) go to the machine's late errors.
+pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp) -> usize {
     if in_reclaim() {
         return 0;
     }
     let _fs = lockdep::fs_reclaim_section(gfp);
     let _memalloc = MemallocScope::enter();
-    let _ = direct;
     let mut freed = 0;
     let batch = m.config.reclaim_batch;
     // `shrink_active_list`: keep the inactive list at least as long as the active one.
@@ -87,14 +87,18 @@ pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp, direct: bool) -> usize
             LruKind::Active,
             batch.max(active - inactive.min(active)) / 2 + 1,
         ) {
-            let _ = m.lru.putback(&m.pool, pfn, LruKind::Inactive);
+            if let Err(e) = m.lru.putback(&m.pool, pfn, LruKind::Inactive) {
+                m.late_error(e);
+            }
         }
     }
     // Two passes over the inactive list at most: a page referenced once gets one more round.
     let mut scanned = 0;
     let limit = 2 * m.lru.lens().0 + batch;
     while freed < target && scanned < limit {
-        let isolated = m.lru.isolate(&m.pool, LruKind::Inactive, batch);
+        let isolated = m
+            .lru
+            .isolate(&m.pool, LruKind::Inactive, batch.min(target - freed));
         if isolated.is_empty() {
             break;
         }
@@ -103,7 +107,7 @@ pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp, direct: bool) -> usize
             match shrink_folio(m, pfn, true) {
                 Ok(true) => freed += 1,
                 Ok(false) => {}
-                Err(_) => {}
+                Err(e) => m.late_error(e),
             }
         }
     }
@@ -434,7 +438,7 @@ fn kswapd(weak: Weak<Inner>, state: Arc<KswapdState>) {
                 m.counters.kswapd_runs.fetch_add(1, Ordering::Relaxed);
                 while m.pool.nr_free() < m.config.wmark_high {
                     let want = m.config.wmark_high - m.pool.nr_free();
-                    if reclaim(&m, want.max(1), Gfp::KERNEL, false) == 0 {
+                    if reclaim(&m, want.max(1), Gfp::KERNEL) == 0 {
                         break;
                     }
                 }

@@ -198,6 +198,15 @@ pub enum CacheEntry {
     Swap(u32),
 }
 
+/// Who gets a file's cached pages and shmem swap slots back when the file goes away
+/// (`truncate_inode_pages_final` on eviction): the machine.
+pub trait CacheOwner: Send + Sync {
+    /// Drops the page cache's reference to `pfn`.
+    fn drop_cache_page(&self, pfn: Pfn);
+    /// Drops a shmem swap slot.
+    fn drop_swap_slot(&self, slot: u32);
+}
+
 /// A file or shmem object: its page cache (`i_pages`), size and reverse map (`i_mmap`).
 pub struct File {
     id: u32,
@@ -209,13 +218,35 @@ pub struct File {
     pub disk: lockdep::SpinLock<BTreeMap<u64, u64>>,
     /// The VMA pieces mapping the file (`mapping->i_mmap`).
     pub i_mmap: MapperSet,
+    owner: std::sync::Weak<dyn CacheOwner>,
+}
+
+impl Drop for File {
+    /// The last reference to the file is gone (every mapping and every handle): its page cache
+    /// and swap slots go back to the machine.
+    fn drop(&mut self) {
+        let pages = std::mem::take(self.pages.get_mut());
+        let Some(owner) = self.owner.upgrade() else {
+            return;
+        };
+        for e in pages.into_values() {
+            match e {
+                CacheEntry::Page(pfn) => owner.drop_cache_page(pfn),
+                CacheEntry::Swap(slot) => owner.drop_swap_slot(slot),
+            }
+        }
+    }
 }
 
 impl File {
     /// A file of `size_pages` pages; `shmem` for tmpfs/memfd/`MAP_SHARED|MAP_ANONYMOUS` (pages
     /// are swap-backed and have no other copy), otherwise a regular file whose clean pages can
     /// simply be dropped.
-    pub fn new(size_pages: u64, shmem: bool) -> File {
+    pub(crate) fn new(
+        size_pages: u64,
+        shmem: bool,
+        owner: std::sync::Weak<dyn CacheOwner>,
+    ) -> File {
         File {
             id: next_id(),
             shmem,
@@ -223,6 +254,7 @@ impl File {
             pages: lockdep::SpinLock::new(BTreeMap::new(), &I_PAGES_LOCK),
             disk: lockdep::SpinLock::new(BTreeMap::new(), &DISK_LOCK),
             i_mmap: MapperSet::new(&I_MMAP_LOCK),
+            owner,
         }
     }
     /// Its id (what a frame's `mapping` names).

@@ -206,9 +206,11 @@ fn mmput(space: &Arc<Space>) -> Result<(), VmError> {
 impl Drop for Process {
     fn drop(&mut self) {
         if !self.exited {
-            // A dropped last handle still runs exit_mmap, as mmput does; an error here is an
-            // invariant violation already recorded by the checker, nothing to return it to.
-            let _ = mmput(&self.space);
+            // A dropped last handle still runs exit_mmap, as mmput does; an error here has
+            // nobody to return to, so the machine keeps it for `Machine::check`.
+            if let Err(e) = mmput(&self.space) {
+                self.space.machine.late_error(e);
+            }
         }
     }
 }
