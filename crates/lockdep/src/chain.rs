@@ -6,7 +6,8 @@
 //! hashed into a 64-bit *chain key* ([`chain_hash`], a rolling hash updated on each push),
 //! and once a chain has been validated its key goes into this table. The steady state, an
 //! acquisition whose chain was seen before, is a hash and a few atomic loads: no lock, no
-//! store, so threads taking disjoint locks do not contend (lockdep-design.rst, "Performance").
+//! store, so threads taking disjoint locks do not contend (`Documentation/locking/lockdep-design.rst`, "Performance";
+//! `lookup_chain_cache_add` in `kernel/locking/lockdep.c`).
 //!
 //! # The insertion protocol
 //!
@@ -26,7 +27,7 @@
 //! `MAX_LOCKDEP_CHAINS` does, minus the kernel's turning itself off.
 
 use crate::primitive::{AtomicU64, Ordering};
-use crate::task::Read;
+use crate::Read;
 
 /// Extends chain key `prev` by one held lock.
 ///

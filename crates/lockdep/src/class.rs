@@ -15,6 +15,9 @@
 #[cfg(feature = "enabled")]
 use std::sync::OnceLock;
 
+#[cfg(feature = "enabled")]
+use crate::report::ClassRef;
+
 /// The most subclasses a class has (the kernel's `MAX_LOCKDEP_SUBCLASSES`).
 pub const MAX_SUBCLASSES: u8 = 8;
 
@@ -53,20 +56,21 @@ impl LockClassKey {
             LockClass {
                 info: self
                     .class
-                    .get_or_init(|| ClassInfo::register(name.into(), false)),
+                    .get_or_init(|| ClassInfo::register(name.into(), Reclaim::No)),
             }
         }
         #[cfg(not(feature = "enabled"))]
         LockClass {}
     }
 
+    /// The class, registered with the reclaim role `role()` if this is its first use.
     #[cfg(feature = "enabled")]
-    pub(crate) fn class_flagged(&self, reclaim: bool) -> LockClass {
+    pub(crate) fn class_with(&self, role: impl FnOnce() -> Reclaim) -> LockClass {
         let name = self.name;
         LockClass {
             info: self
                 .class
-                .get_or_init(|| ClassInfo::register(name.into(), reclaim)),
+                .get_or_init(|| ClassInfo::register(name.into(), role())),
         }
     }
 }
@@ -187,7 +191,7 @@ impl DynamicKey {
         #[cfg(feature = "enabled")]
         {
             Self {
-                info: ClassInfo::register(name.into(), false),
+                info: ClassInfo::register(name.into(), Reclaim::No),
             }
         }
         #[cfg(not(feature = "enabled"))]
@@ -219,8 +223,9 @@ impl std::fmt::Debug for DynamicKey {
 }
 
 #[cfg(feature = "enabled")]
-impl Drop for DynamicKey {
-    fn drop(&mut self) {
+impl DynamicKey {
+    /// The ids of the key's class and of its subclasses made so far.
+    pub(crate) fn class_ids(&self) -> Vec<u32> {
         let mut ids = vec![self.info.id];
         ids.extend(
             self.info
@@ -228,8 +233,22 @@ impl Drop for DynamicKey {
                 .iter()
                 .filter_map(|s| s.get().map(|c| c.id)),
         );
-        crate::validator::forget_classes(&ids);
+        ids
     }
+}
+
+/// What a class has to do with memory reclaim, which decides how a problem with it is named.
+#[cfg(feature = "enabled")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reclaim {
+    /// An ordinary class.
+    No,
+    /// A pseudo-lock that every allocation which may enter direct reclaim primes (see
+    /// [`reclaim_primes!`](crate::reclaim_primes)): a cycle through it is a reclaim inversion.
+    Primed,
+    /// `fs_reclaim` itself: a cycle through it is a reclaim inversion, and taking it again is
+    /// an allocation made from inside reclaim.
+    FsReclaim,
 }
 
 /// What the validator knows about one class. Leaked on registration: class descriptors live
@@ -242,8 +261,8 @@ pub(crate) struct ClassInfo {
     pub(crate) base: Option<&'static ClassInfo>,
     /// Subclasses 1.. of a base class (slot 0 unused).
     subclasses: [OnceLock<&'static ClassInfo>; MAX_SUBCLASSES as usize],
-    /// `fs_reclaim` and the MMU-notifier map: cycles through them are reclaim inversions.
-    pub(crate) reclaim: bool,
+    /// Its part in the reclaim model.
+    pub(crate) reclaim: Reclaim,
 }
 
 #[cfg(feature = "enabled")]
@@ -251,7 +270,7 @@ static NEXT_CLASS_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU3
 
 #[cfg(feature = "enabled")]
 impl ClassInfo {
-    fn new(name: String, reclaim: bool) -> Self {
+    fn new(name: String, reclaim: Reclaim) -> Self {
         Self {
             id: NEXT_CLASS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             name,
@@ -261,7 +280,15 @@ impl ClassInfo {
         }
     }
 
-    fn register(name: String, reclaim: bool) -> &'static ClassInfo {
+    fn register(name: String, reclaim: Reclaim) -> &'static ClassInfo {
         Box::leak(Box::new(Self::new(name, reclaim)))
+    }
+
+    /// The class as a report names it.
+    pub(crate) fn to_ref(&self) -> ClassRef {
+        ClassRef {
+            id: self.id,
+            name: self.name.clone(),
+        }
     }
 }

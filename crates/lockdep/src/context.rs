@@ -2,8 +2,9 @@
 //!
 //! The kernel's `might_sleep()` (CONFIG_DEBUG_ATOMIC_SLEEP, `__might_resched`) reports a
 //! sleeping call made in atomic context, with a preemption-disabled section or a spinlock, or
-//! inside `non_block_start()` .. `non_block_end()`: a section that is preemptible but must
-//! never block, added for the OOM reaper calling MMU notifiers (reference §3): if a notifier
+//! inside `non_block_start()` .. `non_block_end()` (`include/linux/sched.h`): a section that is
+//! preemptible but must never block, added for the OOM reaper calling MMU notifiers
+//! (`__oom_reap_task_mm` in `mm/oom_kill.c`): if a notifier
 //! blocked on a mutex whose holder allocates memory, the reaper, the OOM handler's guarantee of
 //! progress, would hang. Every sleeping primitive of this crate calls `might_sleep()`, so any
 //! of them used in such a section is reported, on the first run, whether or not it would have
@@ -14,7 +15,9 @@ use std::marker::PhantomData;
 use std::panic::Location;
 
 #[cfg(feature = "enabled")]
-use crate::report::{self, Report, ReportKind};
+use crate::report::{Report, ReportKind};
+#[cfg(feature = "enabled")]
+use crate::sink;
 #[cfg(feature = "enabled")]
 use crate::task::with_task;
 
@@ -32,10 +35,10 @@ pub fn might_sleep() {
         let loc = Location::caller();
         let r = with_task(|t| {
             (t.preempt_count > 0 || t.non_block > 0)
-                .then(|| (crate::validator::sleep_report(t, loc), t.scopes.clone()))
+                .then(|| (crate::validator::sleep_report(t, loc), t.route()))
         });
-        if let Some(Some((r, scopes))) = r {
-            report::emit(r, &scopes);
+        if let Some(Some((r, route))) = r {
+            sink::emit(r, &route);
         }
     }
 }
@@ -89,7 +92,7 @@ pub fn non_block_end() {
                     t.name, t.pid
                 );
                 r.held = t.held_info();
-                return Some((r, t.scopes.clone()));
+                return Some((r, t.route()));
             }
             t.non_block -= 1;
             if t.non_block == 0 {
@@ -97,8 +100,8 @@ pub fn non_block_end() {
             }
             None
         });
-        if let Some(Some((r, scopes))) = bad {
-            report::emit(r, &scopes);
+        if let Some(Some((r, route))) = bad {
+            sink::emit(r, &route);
         }
     }
 }
@@ -256,10 +259,10 @@ pub fn check_task_exit() {
             return;
         }
         let loc = Location::caller();
-        if let Some(Some((r, scopes))) =
-            with_task(|t| t.exit_report(Some(loc)).map(|r| (r, t.scopes.clone())))
+        if let Some(Some((r, route))) =
+            with_task(|t| t.exit_report(Some(loc)).map(|r| (r, t.route())))
         {
-            report::emit(r, &scopes);
+            sink::emit(r, &route);
         }
     }
 }

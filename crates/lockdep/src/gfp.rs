@@ -4,18 +4,22 @@
 //! allocator, write back and free pages, shrink caches, and unmap pages from other processes,
 //! which invalidates mappings through MMU notifiers. So a lock held across such an allocation
 //! is ordered before everything reclaim and notifiers take. The kernel teaches lockdep this
-//! with two pseudo-locks (reference §4):
+//! in `fs_reclaim_acquire` (`mm/page_alloc.c`) with pseudo-locks:
 //!
 //! - [`FS_RECLAIM_MAP`] (`fs_reclaim`) is *held* by reclaim-capable allocations that may also
 //!   recurse into filesystems (`__GFP_FS`), and by code that runs inside reclaim (shrinkers).
-//! - [`MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP`] is held by notifier callbacks, and *primed*
-//!   with `might_lock` by every allocation that may enter direct reclaim, `GFP_NOIO` included:
-//!   page-table invalidation can happen whenever direct reclaim is allowed.
+//! - Pseudo-locks of the layers reclaim may enter are *primed* with `might_lock` by every
+//!   allocation that may enter direct reclaim, `GFP_NOIO` included. In the kernel that is
+//!   `__mmu_notifier_invalidate_range_start_map`: page-table invalidation can happen whenever
+//!   direct reclaim is allowed. This crate knows no such layer by name: a crate that has one
+//!   registers its map with [`reclaim_primes!`](crate::reclaim_primes), and the map is then
+//!   listed in [`RECLAIM_MAPS`] from the start of the program (a link-time list, so no
+//!   allocation can happen before the registration).
 //!
-//! So a lock held across `might_alloc(Gfp::KERNEL)` (or `NOFS`, or `NOIO`) and also taken in a
-//! notifier callback is reported the first time both have happened, in any order, without
-//! reclaim ever having invalidated anything (seed 001). `Gfp::ATOMIC`/`NOWAIT` allocations do
-//! not reclaim directly and record nothing.
+//! So a lock held across `might_alloc(Gfp::KERNEL)` (or `NOFS`, or `NOIO`) and also taken
+//! inside a primed map (a notifier callback) is reported the first time both have happened, in
+//! any order, without reclaim ever having invalidated anything (seed 001).
+//! `Gfp::ATOMIC`/`NOWAIT` allocations do not reclaim directly and record nothing.
 //!
 //! Scoped restrictions (`memalloc_nofs_save()` and friends) drop `__GFP_FS`/`__GFP_IO` from
 //! every allocation in scope (`current_gfp_context`), and `PF_MEMALLOC`
@@ -67,12 +71,60 @@ impl Gfp {
 }
 
 /// `fs_reclaim`: held by allocations that may reclaim with `__GFP_FS`, and by reclaim itself.
-pub static FS_RECLAIM_MAP: LockMap = LockMap::new_reclaim("fs_reclaim");
+pub static FS_RECLAIM_MAP: LockMap = LockMap::new_fs_reclaim("fs_reclaim");
 
-/// `__mmu_notifier_invalidate_range_start_map`: held while MMU-notifier invalidation callbacks
-/// run, and primed by every allocation that may enter direct reclaim.
-pub static MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP: LockMap =
-    LockMap::new_reclaim("mmu_notifier_invalidate_range_start");
+/// The pseudo-locks every allocation that may enter direct reclaim primes with `might_lock`,
+/// registered with [`reclaim_primes!`](crate::reclaim_primes). A cycle through one is a
+/// [`ReportKind::ReclaimInversion`](crate::ReportKind::ReclaimInversion).
+#[linkme::distributed_slice]
+pub static RECLAIM_MAPS: [&'static LockMap];
+
+/// Registers a `static` [`LockMap`] as one that direct reclaim may take: every allocation
+/// that may enter direct reclaim then primes it with `might_lock` (as `fs_reclaim_acquire`
+/// primes `__mmu_notifier_invalidate_range_start_map`), and cycles through it are reported as
+/// reclaim inversions. The registration is made when the program is linked, so it holds
+/// before any allocation.
+///
+/// ```
+/// use lockdep::{might_alloc, reclaim_primes, scope::Scope, static_lock_class, Gfp, LockMap,
+///               Mutex, ReportKind};
+///
+/// static SHRINKING: LockMap = LockMap::new("my_cache_shrinking");
+/// reclaim_primes!(SHRINKING);
+///
+/// let scope = Scope::new();
+/// let lock = Mutex::new((), static_lock_class!("my_cache_lock"));
+/// {
+///     let _inside = SHRINKING.acquire(); // what reclaim runs takes the lock
+///     let _g = lock.lock();
+/// }
+/// {
+///     let _g = lock.lock();
+///     might_alloc(Gfp::KERNEL); // and the lock is held across an allocation
+/// }
+/// # #[cfg(feature = "enabled")]
+/// assert_eq!(scope.of_kind(ReportKind::ReclaimInversion).len(), 1);
+/// # scope.take();
+/// ```
+#[macro_export]
+macro_rules! reclaim_primes {
+    ($map:path) => {
+        const _: () = {
+            #[$crate::__linkme::distributed_slice($crate::RECLAIM_MAPS)]
+            #[linkme(crate = $crate::__linkme)]
+            static PRIMED: &$crate::LockMap = &$map;
+        };
+    };
+}
+
+/// `might_lock` on every registered map.
+#[inline]
+#[track_caller]
+fn prime_reclaim_maps() {
+    for m in RECLAIM_MAPS {
+        m.might_lock();
+    }
+}
 
 const PF_MEMALLOC: u8 = 1;
 const PF_MEMALLOC_NOFS: u8 = 2;
@@ -172,7 +224,7 @@ fn need_reclaim(gfp: Gfp) -> bool {
 
 /// Enters "may reclaim" for an allocation of `gfp` (`fs_reclaim_acquire`): applies the scope
 /// masks; if the allocation may enter direct reclaim, holds `fs_reclaim` when it has
-/// `__GFP_FS` and primes the MMU-notifier map with `might_lock`. Pair with
+/// `__GFP_FS` and primes every map of [`RECLAIM_MAPS`] with `might_lock`. Pair with
 /// [`fs_reclaim_release`] with the same flags, in the same scope.
 #[inline]
 #[track_caller]
@@ -182,7 +234,7 @@ pub fn fs_reclaim_acquire(gfp: Gfp) {
         if gfp.contains(Gfp::FS) {
             FS_RECLAIM_MAP.acquire_raw();
         }
-        MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP.might_lock();
+        prime_reclaim_maps();
     }
 }
 
@@ -222,7 +274,7 @@ pub fn fs_reclaim_section(gfp: Gfp) -> FsReclaimGuard {
         if gfp.contains(Gfp::FS) {
             held = Some(FS_RECLAIM_MAP.acquire());
         }
-        MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP.might_lock();
+        prime_reclaim_maps();
     }
     FsReclaimGuard { held }
 }

@@ -12,7 +12,8 @@
 //! waiting writer, so a lock entered through a `*R` edge cannot block anyone who then holds
 //! it shared: a path that goes `-(*R)-> L -(S*)->` does not chain waits through `L`. A path
 //! without that adjacency is *strong*, and a deadlock is a closed strong path
-//! (lockdep-design.rst, "Recursive read locks"). So `X -(ER)-> Y -(ER)-> Z -(ER)-> X` is a
+//! (`Documentation/locking/lockdep-design.rst`, "Recursive read locks", and
+//! `check_path`/`__bfs` in `kernel/locking/lockdep.c`). So `X -(ER)-> Y -(ER)-> Z -(ER)-> X` is a
 //! deadlock, and `X -(EN)-> Y -(SR)-> Z -(SN)-> X` is not.
 //!
 //! The search is a breadth-first search over states `(class, entered through an R edge?)`:
@@ -23,7 +24,7 @@ use std::panic::Location;
 use std::sync::Arc;
 
 use crate::class::ClassInfo;
-use crate::task::Read;
+use crate::Read;
 
 /// `E -> N`: held exclusive, acquired non-recursive.
 pub(crate) const DEP_EN: u8 = 1;
@@ -82,15 +83,10 @@ pub(crate) struct Node {
     pub(crate) after: Vec<Edge>,
 }
 
-/// The graph, guarded by the validator's graph lock.
+/// The graph, guarded by its validator context's graph lock.
 #[derive(Default)]
 pub(crate) struct Graph {
     pub(crate) nodes: Vec<Node>,
-    /// Chain-cache slots in use (the cache's single writer holds this lock).
-    pub(crate) chains_used: usize,
-    pub(crate) chains_full_reported: bool,
-    /// Chains validated (cache misses), for statistics.
-    pub(crate) chains_validated: u64,
 }
 
 /// One step of a path found by [`Graph::find_strong_path`]: the edge `from -> to`.

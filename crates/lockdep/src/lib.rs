@@ -28,12 +28,16 @@
 //! - **Cycle search** by breadth-first search over the graph, with lockdep's read/recursive-read
 //!   rules, so cycles that cannot deadlock (recursive readers) are not reported.
 //! - **Pseudo-locks** ([`LockMap`]) for things that behave like locks: reclaim
-//!   ([`FS_RECLAIM_MAP`]), MMU-notifier invalidation
-//!   ([`MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP`]), grace periods, flushes.
+//!   ([`FS_RECLAIM_MAP`]), an upper layer's "callbacks are running" (registered with
+//!   [`reclaim_primes!`] when reclaim may enter it), grace periods, flushes.
 //! - **Contexts**: [`might_sleep`] reports sleeping in atomic context (a [`SpinLock`] held,
 //!   an [`atomic_section`]) or in a [`non_block_start`] section, in the kernel's words.
 //! - **A reclaim model** ([`Gfp`], [`might_alloc`], [`memalloc_nofs_save`] and friends) that
-//!   primes the notifier map for every allocation that may enter direct reclaim.
+//!   primes every registered map ([`RECLAIM_MAPS`]) for each allocation that may enter direct
+//!   reclaim.
+//! - **Reports that are never lost** ([`scope`]): a thread's reports go to the scopes it is
+//!   attached to; one attached to none is printed and fails every open scope of its context.
+//! - **Validator contexts** ([`Context`]): a graph and chain cache per test.
 //!
 //! # Which API to use
 //!
@@ -48,16 +52,8 @@
 //! | code that may block | [`might_sleep`] |
 //! | a section that must not block | [`non_block_section`] / [`NonBlockGuard`], or [`non_block_start`]/[`non_block_end`]; [`atomic_section`] for atomic context |
 //! | an allocation | [`might_alloc`]`(gfp)`; reclaim code holds [`fs_reclaim_section`] |
-//! | tests | [`testing::Scope`] or [`collect_reports`]; [`set_report_mode`]`(ReportMode::Strict)` to panic |
-//!
-//! ## For the MMU-notifier core
-//!
-//! The notifier crate annotates exactly as Linux does (reference §1.9, §3): hold
-//! [`MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP`]`.acquire()` around start and end dispatch;
-//! call [`might_sleep`] at blockable start/end; call
-//! [`MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP`]`.might_lock()` in `read_begin` and interval
-//! `remove` before waiting; wrap list callbacks of a non-blockable range in
-//! [`non_block_section`]; run atomic-context callbacks inside [`atomic_section`].
+//! | a pseudo-lock that direct reclaim may enter | a `static` [`LockMap`] plus [`reclaim_primes!`] |
+//! | tests | a [`Context`] per test, a [`scope::Scope`] (or [`Scope::strict`](scope::Scope::strict)), threads started with [`scope::spawn`]; [`set_report_mode`]`(ReportMode::Strict)` to panic |
 //!
 //! # Example: seed 001 in miniature
 //!
@@ -65,8 +61,12 @@
 //! callback. Reclaim never runs and nothing deadlocks, yet the inversion is reported:
 //!
 //! ```
-//! use lockdep::{might_alloc, static_lock_class, testing::Scope, Gfp, Mutex, ReportKind,
-//!               MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP as NOTIFIER};
+//! use lockdep::{might_alloc, reclaim_primes, scope::Scope, static_lock_class, Gfp, LockMap,
+//!               Mutex, ReportKind};
+//!
+//! // The notifier layer's map, which direct reclaim may enter (the layer registers it).
+//! static NOTIFIER: LockMap = LockMap::new("mmu_notifier_invalidate_range_start");
+//! reclaim_primes!(NOTIFIER);
 //!
 //! let scope = Scope::new(); // collect this thread's reports instead of printing them
 //! let driver_lock = Mutex::new(0u64, static_lock_class!("driver_lock"));
@@ -101,27 +101,36 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 
-mod class;
-mod context;
-mod gfp;
-mod map;
-mod mutex;
+// From the bottom up: each module imports only modules above it in this list.
 mod primitive;
-mod render;
 mod report;
-mod rwlock;
-mod spinlock;
-pub mod testing;
-#[cfg_attr(not(feature = "enabled"), path = "validator_off.rs")]
-mod validator;
-mod wait;
-
+mod render;
+mod sink;
+mod class;
 #[cfg(feature = "enabled")]
 mod chain;
 #[cfg(feature = "enabled")]
 mod graph;
 #[cfg(feature = "enabled")]
+mod domain;
+#[cfg(feature = "enabled")]
 mod task;
+mod isolation;
+pub mod scope;
+#[cfg_attr(not(feature = "enabled"), path = "validator_off.rs")]
+mod validator;
+mod context;
+mod lock;
+mod map;
+mod gfp;
+mod wait;
+
+/// The old name of [`scope`], kept so that code written against it still builds.
+#[doc(hidden)]
+pub use scope as testing;
+
+#[doc(hidden)]
+pub use linkme as __linkme;
 
 #[cfg(loom)]
 #[doc(hidden)]
@@ -138,17 +147,23 @@ pub use context::{
 pub use gfp::{
     current_gfp_context, fs_reclaim_acquire, fs_reclaim_release, fs_reclaim_section,
     memalloc_nofs_save, memalloc_noio_save, memalloc_noreclaim_save, might_alloc, FsReclaimGuard,
-    Gfp, MemallocGuard, FS_RECLAIM_MAP, MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP,
+    Gfp, MemallocGuard, FS_RECLAIM_MAP, RECLAIM_MAPS,
+};
+pub use isolation::{Context, ContextGuard};
+pub use lock::{
+    Backend, Lock, LockGuard, Mutex, MutexBackend, MutexGuard, RwBackend, RwLock,
+    RwLockReadGuard, RwLockWriteGuard, SpinBackend, SpinLock, SpinLockGuard,
 };
 pub use map::{wait_as_acquire, LockMap, LockMapGuard};
-pub use mutex::{Mutex, MutexGuard};
 pub use report::{
-    collect_reports, report_mode, reports, set_report_hook, set_report_mode, take_reports,
-    ClassRef, ContextInfo, Dependency, HeldLockInfo, Report, ReportHook, ReportKind, ReportMode,
-    SourceLocation, ThreadInfo,
+    ClassRef, ContextInfo, Dependency, HeldLockInfo, Report, ReportKind, SourceLocation,
+    ThreadInfo,
 };
-pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-pub use spinlock::{SpinLock, SpinLockGuard};
+pub use scope::{collect_reports, spawn};
+pub use sink::{
+    report_mode, reports, set_report_hook, set_report_mode, take_reports, ReportHook,
+    ReportMode,
+};
 pub use wait::{Completion, WaitQueue};
 
 /// How a lock is held: the kernel's `held_lock.read` (0, 1, 2).
@@ -177,11 +192,11 @@ pub fn is_enabled() -> bool {
     cfg!(feature = "enabled") && ENABLED.load(Ordering::Relaxed)
 }
 
-/// Counters about the validator's work, process-wide.
+/// Counters about the validator's work in the current thread's validator context.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Chains validated under the graph lock (chain-cache misses). In the steady state this
-    /// stops growing: every chain seen before is a lock-free cache hit.
+    /// Chains validated under the graph lock (chain-cache misses) in this context. In the
+    /// steady state this stops growing: every chain seen before is a lock-free cache hit.
     pub chains_validated: u64,
 }
 

@@ -1,14 +1,14 @@
 //! Hooks for the loom model tests: the real chain-cache protocol on a private validator.
 
-use crate::validator::Validator;
+use crate::domain::Domain;
 
 /// A private chain cache plus graph, with the production lookup/validate/publish protocol.
-pub struct ChainModel(Validator);
+pub struct ChainModel(Domain);
 
 impl ChainModel {
     /// A model with `capacity` chain slots.
     pub fn new(capacity: usize) -> Self {
-        Self(Validator::new(capacity))
+        Self(Domain::new(capacity, false))
     }
 
     /// Runs the steady-state lookup and, on a miss, `validate` under the graph lock followed by

@@ -1,7 +1,7 @@
 //! Pseudo-locks: lock classes with no lock behind them (the kernel's bare `lockdep_map`).
 //!
 //! Some things behave like locks for deadlock purposes without being one: "reclaim may run
-//! here" (`fs_reclaim`), "an MMU-notifier invalidation is running" (the notifier map), "the
+//! here" (`fs_reclaim`), "invalidation callbacks are running" (a notifier core's map), "the
 //! work item is executing" (`flush_work`), "an SRCU read section is open" (`synchronize_srcu`
 //! waits for it). A [`LockMap`] names such a thing; code that *is inside* it holds it
 //! ([`LockMap::acquire`]), code that *may wait for it or cause it* validates an acquisition
@@ -38,7 +38,7 @@ enum MapClass {
 pub struct LockMap {
     class: MapClass,
     #[cfg_attr(not(feature = "enabled"), allow(dead_code))]
-    reclaim: bool,
+    fs_reclaim: bool,
 }
 
 impl LockMap {
@@ -46,15 +46,16 @@ impl LockMap {
     pub const fn new(name: &'static str) -> Self {
         Self {
             class: MapClass::Key(LockClassKey::new(name)),
-            reclaim: false,
+            fs_reclaim: false,
         }
     }
 
-    /// The two reclaim maps: cycles through them are reported as reclaim inversions.
-    pub(crate) const fn new_reclaim(name: &'static str) -> Self {
+    /// `fs_reclaim` itself: cycles through it are reclaim inversions, and taking it again is
+    /// an allocation from inside reclaim.
+    pub(crate) const fn new_fs_reclaim(name: &'static str) -> Self {
         Self {
             class: MapClass::Key(LockClassKey::new(name)),
-            reclaim: true,
+            fs_reclaim: true,
         }
     }
 
@@ -63,7 +64,7 @@ impl LockMap {
     pub fn with_class(class: impl Into<LockClass>) -> Self {
         Self {
             class: MapClass::Class(class.into()),
-            reclaim: false,
+            fs_reclaim: false,
         }
     }
 
@@ -72,9 +73,27 @@ impl LockMap {
     pub fn class(&self) -> LockClass {
         match &self.class {
             #[cfg(feature = "enabled")]
-            MapClass::Key(k) if self.reclaim => k.class_flagged(true),
+            MapClass::Key(k) => k.class_with(|| self.reclaim_role()),
+            #[cfg(not(feature = "enabled"))]
             MapClass::Key(k) => k.class(),
             MapClass::Class(c) => *c,
+        }
+    }
+
+    /// What the map is to the reclaim model: `fs_reclaim`, a map reclaim primes (listed in
+    /// [`RECLAIM_MAPS`](crate::RECLAIM_MAPS)), or neither.
+    #[cfg(feature = "enabled")]
+    fn reclaim_role(&self) -> crate::class::Reclaim {
+        use crate::class::Reclaim;
+        if self.fs_reclaim {
+            Reclaim::FsReclaim
+        } else if crate::gfp::RECLAIM_MAPS
+            .iter()
+            .any(|m| std::ptr::eq(*m, self))
+        {
+            Reclaim::Primed
+        } else {
+            Reclaim::No
         }
     }
 
@@ -102,6 +121,18 @@ impl LockMap {
     #[track_caller]
     pub fn acquire_shared(&self) -> LockMapGuard<'_> {
         self.guard(How::new(Read::Shared))
+    }
+
+    /// Holds the map exclusively where entering it waits for nothing, until the guard drops:
+    /// what is taken inside it is ordered after it, but entering records no edge into it (as
+    /// a trylock). For the second half of a section whose first half, entered with
+    /// [`LockMap::acquire`], did the waiting: a lock taken in the first half and held into the
+    /// second is then not reported as a cycle with the map, since the second half waits for no
+    /// one who could be waiting for that lock.
+    #[inline]
+    #[track_caller]
+    pub fn acquire_nowait(&self) -> LockMapGuard<'_> {
+        self.guard(How::new(Read::Exclusive).trylock())
     }
 
     /// Holds the map as a trylock (no ordering edge into it) until the guard drops

@@ -1,28 +1,20 @@
-//! Reports: what was found, in the kernel's words, and the one sink they go through.
+//! Reports: what was found, in the kernel's words, as plain data.
 //!
 //! Every problem becomes a [`Report`]: a [`ReportKind`], the thread, the source location of
 //! the offending call, the locks held, and for dependency cycles every edge of the cycle with
 //! where it was first recorded and by which thread. A report prints in the kernel's format
-//! (`Display`), serializes to JSON ([`Report::to_json`]) and draws its cycle as DOT or SVG
-//! ([`Report::to_dot`], [`Report::to_svg`]).
-//!
-//! The sink: by default each report is printed to stderr once per unique problem (the same
-//! cycle found again from another chain, or the same bad `might_sleep` site hit again, is
-//! not printed twice). Every report is also kept in a bounded log ([`take_reports`]) and
-//! handed to the [`testing::Scope`](crate::testing::Scope)s the reporting thread is attached
-//! to, which swallow it instead of printing. [`ReportMode::Strict`] panics on every report
-//! (the caller chose to make problems fatal). Nothing else in the library panics.
+//! (`Display`, after `print_circular_bug` and friends in `kernel/locking/lockdep.c`),
+//! serializes to JSON ([`Report::to_json`]) and draws its cycle as DOT or SVG
+//! ([`Report::to_dot`], [`Report::to_svg`]). Where reports go is the sink's business
+//! (`sink.rs`); this module knows nothing of threads, graphs or sinks.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::panic::Location;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 
-use crate::testing::ScopeInner;
+use crate::render::Picture;
 
 /// What kind of problem a report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -30,15 +22,15 @@ pub enum ReportKind {
     /// A cycle in the lock-dependency graph: two or more code paths take the same locks in
     /// orders that can deadlock.
     PossibleCircularLockingDependency,
-    /// A cycle through `fs_reclaim` or `mmu_notifier_invalidate_range_start`: a lock held
-    /// across an allocation that may enter direct reclaim is also taken inside reclaim or an
-    /// MMU-notifier callback.
+    /// A cycle through `fs_reclaim` or a pseudo-lock that reclaim primes
+    /// ([`reclaim_primes!`](crate::reclaim_primes)): a lock held across an allocation that may
+    /// enter direct reclaim is also taken inside reclaim or inside that pseudo-lock.
     ReclaimInversion,
     /// A lock taken while a lock of the same class is already held (AA), without a subclass
     /// annotation, or a non-recursive read of a class already held.
     RecursiveLocking,
     /// The in-reclaim variant: an allocation that may enter reclaim made from inside reclaim
-    /// (`fs_reclaim` or the notifier map already held).
+    /// (`fs_reclaim` already held).
     ReclaimRecursion,
     /// Something that may sleep was called in atomic context (a spinlock or atomic section)
     /// or inside `non_block_start()` .. `non_block_end()`.
@@ -62,7 +54,7 @@ impl ReportKind {
             }
             Self::ReclaimInversion => {
                 "WARNING: possible circular locking dependency detected (reclaim inversion: \
-                 the cycle goes through fs_reclaim / mmu_notifier_invalidate_range_start)"
+                 the cycle goes through memory reclaim)"
             }
             Self::RecursiveLocking => "WARNING: possible recursive locking detected",
             Self::ReclaimRecursion => {
@@ -126,14 +118,6 @@ pub struct ClassRef {
     pub id: u32,
     /// The class name (`file:line` by default, `name/n` for subclass `n`).
     pub name: String,
-}
-
-#[cfg(feature = "enabled")]
-pub(crate) fn class_ref(c: &crate::class::ClassInfo) -> ClassRef {
-    ClassRef {
-        id: c.id,
-        name: c.name.clone(),
-    }
 }
 
 /// The thread a report is about.
@@ -268,16 +252,52 @@ impl Report {
 
     /// The cycle (or the locks concerned) as a Graphviz DOT graph.
     pub fn to_dot(&self) -> String {
-        crate::render::dot(self)
+        self.picture().dot()
     }
 
     /// The cycle drawn as a standalone SVG picture (no Graphviz needed).
     pub fn to_svg(&self) -> String {
-        crate::render::svg(self)
+        self.picture().svg()
+    }
+
+    /// The report as a picture: for a cycle, its classes and dependencies (the new one
+    /// highlighted), each labelled with its kinds and where it was first recorded; otherwise
+    /// the held-lock stack, bottom to top, with the lock concerned highlighted.
+    fn picture(&self) -> Picture {
+        let mut p = Picture::new(self.kind.title());
+        if !self.cycle.is_empty() {
+            for d in &self.cycle {
+                let a = p.node(&d.from.name);
+                let b = p.node(&d.to.name);
+                let label = format!(
+                    "{} at {}:{} ({})",
+                    d.kinds, d.to_acquired_at.file, d.to_acquired_at.line, d.thread
+                );
+                p.edge(a, b, label, d.new);
+            }
+            return p;
+        }
+        let mut prev: Option<usize> = None;
+        for h in &self.held {
+            let i = p.node(&h.class.name);
+            if let Some(before) = prev {
+                p.edge(before, i, h.mode.clone(), false);
+            }
+            prev = Some(i);
+        }
+        if let Some(l) = &self.lock {
+            let i = p.node(&l.class.name);
+            p.highlight(i);
+            if let Some(before) = prev.filter(|&before| before != i) {
+                p.edge(before, i, l.mode.clone(), true);
+            }
+        }
+        p
     }
 
     /// What identifies "the same problem" for printing once.
-    fn dedup_key(&self) -> u64 {
+    #[cfg_attr(not(feature = "enabled"), allow(dead_code))]
+    pub(crate) fn dedup_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.kind.hash(&mut h);
         if self.kind.is_cycle() {
@@ -385,153 +405,3 @@ impl fmt::Display for Report {
     }
 }
 
-/// What the sink does with a report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportMode {
-    /// Print each unique problem once to stderr (the default), and keep it in the log.
-    Print,
-    /// Keep reports in the log and hand them to scopes; print nothing.
-    Quiet,
-    /// Print, then panic: every report is fatal (tests, CI). A report found while a thread
-    /// is ending is printed only, since a panic there would abort the process.
-    Strict,
-}
-
-static MODE: AtomicU8 = AtomicU8::new(0);
-const LOG_CAPACITY: usize = 1024;
-static LOG: Mutex<VecDeque<Report>> = Mutex::new(VecDeque::new());
-static PRINTED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
-/// A function that sees every report (see [`set_report_hook`]).
-pub type ReportHook = Box<dyn Fn(&Report) + Send + Sync>;
-static HOOK: RwLock<Option<ReportHook>> = RwLock::new(None);
-
-/// Chooses what the sink does with reports (process-wide).
-pub fn set_report_mode(mode: ReportMode) {
-    MODE.store(mode.as_u8(), Ordering::Relaxed);
-}
-
-/// The current [`ReportMode`]. The initial mode is `Print`, or `Strict` when the environment
-/// variable `LOCKDEP_STRICT` is set to `1` when the first report is made.
-pub fn report_mode() -> ReportMode {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let strict = std::env::var("LOCKDEP_STRICT").is_ok_and(|v| v == "1");
-            let m = if strict {
-                ReportMode::Strict
-            } else {
-                ReportMode::Print
-            };
-            let _ = MODE.compare_exchange(0, m.as_u8(), Ordering::Relaxed, Ordering::Relaxed);
-            report_mode()
-        }
-        2 => ReportMode::Quiet,
-        3 => ReportMode::Strict,
-        _ => ReportMode::Print,
-    }
-}
-
-impl ReportMode {
-    const fn as_u8(self) -> u8 {
-        match self {
-            Self::Print => 1,
-            Self::Quiet => 2,
-            Self::Strict => 3,
-        }
-    }
-}
-
-/// Installs a function called with every report (for forwarding to another diagnostics
-/// sink), or removes it with `None`.
-pub fn set_report_hook(hook: Option<ReportHook>) {
-    *HOOK.write().unwrap_or_else(PoisonError::into_inner) = hook;
-}
-
-/// Takes every report from the process-wide log (the last 1024), oldest first.
-pub fn take_reports() -> Vec<Report> {
-    LOG.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain(..)
-        .collect()
-}
-
-/// A copy of the process-wide log, oldest first.
-pub fn reports() -> Vec<Report> {
-    LOG.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .cloned()
-        .collect()
-}
-
-/// Runs `f` and returns what it returned with the reports made on this thread meanwhile
-/// (threads `f` spawns report here only if they attach: see
-/// [`testing::Scope`](crate::testing::Scope)). Those reports are not printed.
-pub fn collect_reports<R>(f: impl FnOnce() -> R) -> (R, Vec<Report>) {
-    let scope = crate::testing::Scope::new();
-    let r = f();
-    let reports = scope.take();
-    (r, reports)
-}
-
-fn deliver(r: &Report, scopes: &[Arc<ScopeInner>]) -> bool {
-    for s in scopes {
-        s.push(r.clone());
-    }
-    {
-        let mut log = LOG.lock().unwrap_or_else(PoisonError::into_inner);
-        if log.len() == LOG_CAPACITY {
-            log.pop_front();
-        }
-        log.push_back(r.clone());
-    }
-    if let Some(h) = HOOK.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
-        h(r);
-    }
-    let first = PRINTED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashSet::new)
-        .insert(r.dedup_key());
-    if scopes.is_empty() && first && report_mode() != ReportMode::Quiet {
-        eprintln!("{r}");
-    }
-    scopes.is_empty()
-}
-
-/// Hands a report to the sink. Panics only in [`ReportMode::Strict`].
-#[cfg_attr(not(feature = "enabled"), allow(dead_code))]
-pub(crate) fn emit(r: Report, scopes: &[Arc<ScopeInner>]) {
-    deliver(&r, scopes);
-    if report_mode() == ReportMode::Strict {
-        panic!("lockdep (strict mode): {}\n{r}", r.kind.title());
-    }
-}
-
-/// Hands a report made while a thread ends to the sink; never panics.
-#[cfg_attr(not(feature = "enabled"), allow(dead_code))]
-pub(crate) fn emit_from_exit(r: Report, scopes: &[Arc<ScopeInner>]) {
-    if !deliver(&r, scopes) || report_mode() != ReportMode::Strict {
-        return;
-    }
-    eprintln!(
-        "lockdep (strict mode): {} (not fatal: the thread is ending)",
-        r.kind.title()
-    );
-}
-
-/// The chain cache ran out of room (reported once, from under the graph lock: never panics).
-#[cfg(feature = "enabled")]
-pub(crate) fn note_chain_table_full() {
-    let mut r = Report::new(
-        ReportKind::ChainTableFull,
-        ThreadInfo {
-            name: crate::primitive::current_thread_name(),
-            pid: 0,
-        },
-        None,
-    );
-    r.message = "the chain cache is full; new lock chains are now validated under the graph \
-                 lock every time (correct, but slower)."
-        .to_owned();
-    deliver(&r, &[]);
-}

@@ -1,10 +1,11 @@
 //! The per-task state: the held-lock stack and the context counters.
 //!
 //! The kernel keeps these in `task_struct` (`held_locks`, `lockdep_depth`, `preempt_count`,
-//! `non_block_count`). Here a task is a thread, reached through
-//! [`with_task`], which uses `std::thread_local!` normally and `loom::thread_local!` under
-//! `--cfg loom`: loom runs every model thread as a coroutine on one OS thread, so a std
-//! thread-local would be shared by all of them.
+//! `non_block_count`). Here a task is a thread, reached through [`with_task`], which uses
+//! `std::thread_local!` normally, `loom::thread_local!` under `--cfg loom` and a shuttle task
+//! local under `--cfg shuttle`: both model checkers run every model thread as a coroutine on
+//! one OS thread, so a std thread-local would be shared by all of them. A task also knows
+//! where its reports go (its scopes) and which validator context it works in.
 //!
 //! When the thread ends, the state's `Drop` checks that no lock is still held (the kernel's
 //! `debug_check_no_locks_held` at exit).
@@ -15,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::class::ClassInfo;
-use crate::report::{self, HeldLockInfo, Report, ReportKind, ThreadInfo};
-use crate::testing::ScopeInner;
-
-pub(crate) use crate::Read;
+use crate::domain::Domain;
+use crate::report::{HeldLockInfo, Report, ReportKind, ThreadInfo};
+use crate::sink::{self, Collector, Route};
+use crate::Read;
 
 /// One entry of the held-lock stack.
 #[derive(Clone, Copy)]
@@ -38,7 +39,7 @@ pub(crate) struct HeldLock {
 impl HeldLock {
     pub(crate) fn info(&self) -> HeldLockInfo {
         HeldLockInfo {
-            class: report::class_ref(self.class),
+            class: self.class.to_ref(),
             mode: match (self.read, self.trylock) {
                 (Read::Exclusive, false) => "exclusive",
                 (Read::Exclusive, true) => "exclusive, trylock",
@@ -68,8 +69,10 @@ pub(crate) struct Task {
     pub(crate) atomic_since: Option<&'static Location<'static>>,
     pub(crate) non_block: u32,
     pub(crate) non_block_since: Option<&'static Location<'static>>,
-    /// Test collectors this thread reports to.
-    pub(crate) scopes: Vec<Arc<ScopeInner>>,
+    /// The scopes this thread reports to.
+    pub(crate) scopes: Vec<Arc<Collector>>,
+    /// The validator context this thread works in.
+    pub(crate) domain: Arc<Domain>,
 }
 
 static NEXT_PID: AtomicU64 = AtomicU64::new(1);
@@ -86,6 +89,15 @@ impl Task {
             non_block: 0,
             non_block_since: None,
             scopes: Vec::new(),
+            domain: crate::domain::global().clone(),
+        }
+    }
+
+    /// Where this task's reports go.
+    pub(crate) fn route(&self) -> Route {
+        Route {
+            scopes: self.scopes.clone(),
+            context: self.domain.id,
         }
     }
 
@@ -204,13 +216,18 @@ impl Drop for Task {
         }
         if let Some(r) = self.exit_report(None) {
             // No panic here even in strict mode: a panic in a thread-local destructor aborts.
-            report::emit_from_exit(r, &self.scopes);
+            sink::emit_from_exit(r, &self.route());
         }
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 std::thread_local! {
+    static TASK: RefCell<Task> = RefCell::new(Task::new());
+}
+
+#[cfg(all(shuttle, not(loom)))]
+shuttle::thread_local! {
     static TASK: RefCell<Task> = RefCell::new(Task::new());
 }
 

@@ -5,102 +5,39 @@
 //! 1. If the lock may sleep, check the context (`might_sleep`).
 //! 2. Extend the task's chain key by the new lock. Unless this is a trylock, look the key up
 //!    in the chain cache: a hit ends validation (no lock taken).
-//! 3. On a miss, under the graph lock: look again, check for a lock of the same class already
-//!    held (AA), then add the edge from the held lock on top to the new one (and from any
-//!    trylocks above it), each after a strong-path search for a cycle it would close. Then
-//!    publish the chain key.
+//! 3. On a miss, under the graph lock of the task's validator context: look again, check for
+//!    a lock of the same class already held (AA, `check_deadlock`), then add the edge from the
+//!    held lock on top to the new one, each after a strong-path search for a cycle it would
+//!    close (`check_prevs_add`, `check_prev_add`). Then publish the chain key.
 //! 4. Push the held entry.
 //!
 //! Reports are made outside the task's state and the graph lock, and before the push, so a
 //! strict-mode panic leaves the stack as it was.
+//!
+//! # Two differences from `kernel/locking/lockdep.c`, both to miss less
+//!
+//! - **Edges past recursive readers.** The kernel adds an edge from the top held lock only
+//!   (and from trylocks above the first non-trylock), since deeper locks reach the new one
+//!   through it. That transitivity fails when the top lock is a recursive reader: the path
+//!   `X -(ER)-> R -(SN)-> L` is not strong, so holding `X` while taking `L` under a recursive
+//!   read section of `R` orders nothing between `X` and `L`, and a real `X`/`L` inversion goes
+//!   unreported. Here the walk goes on past recursive-read (and trylock) entries to the first
+//!   other one, adding each direct edge. Every edge added is a real "held while acquiring".
+//! - **Acquisitions that do not wait** ([`LockMap::acquire_nowait`](crate::LockMap::acquire_nowait)): a
+//!   pseudo-lock entered where nothing is waited for (the second half of a section whose first
+//!   half did the waiting) is held, so what is taken inside it is ordered after it, but the
+//!   entering records no edge into it, as a trylock does not.
 
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::Arc;
 
-use crate::chain::{chain_hash, ChainCache};
-use crate::class::LockClass;
-use crate::graph::{dep_bit, dep_names, EdgeOrigin, Graph};
-use crate::primitive::RawMutex;
-use crate::report::{self, class_ref, ContextInfo, Dependency, Report, ReportKind};
-use crate::task::{with_task, HeldLock, Read, Task};
-
-/// Slots in the process-wide chain cache (the kernel's `MAX_LOCKDEP_CHAINS` is 65536).
-#[cfg(not(loom))]
-const CHAIN_CAPACITY: usize = 1 << 16;
-
-/// The chain cache and the graph.
-pub(crate) struct Validator {
-    chains: ChainCache,
-    graph: RawMutex<Graph>,
-}
-
-impl Validator {
-    pub(crate) fn new(chain_capacity: usize) -> Self {
-        Self {
-            chains: ChainCache::new(chain_capacity),
-            graph: RawMutex::new(Graph::default()),
-        }
-    }
-
-    /// The steady state: a lock-free probe. On a miss, `validate` runs under the graph lock
-    /// unless another thread validated the same chain meanwhile, then the key is published.
-    #[inline]
-    pub(crate) fn lookup_or_validate<R>(
-        &self,
-        key: u64,
-        validate: impl FnOnce(&mut Graph) -> Option<R>,
-    ) -> Option<R> {
-        if self.chains.contains(key) {
-            return None;
-        }
-        self.validate_slow(key, validate)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn validate_slow<R>(
-        &self,
-        key: u64,
-        validate: impl FnOnce(&mut Graph) -> Option<R>,
-    ) -> Option<R> {
-        let mut g = self.graph.lock();
-        if self.chains.contains(key) {
-            return None;
-        }
-        g.chains_validated += 1;
-        let r = validate(&mut g);
-        let mut used = g.chains_used;
-        let published = self.chains.insert(key, &mut used);
-        g.chains_used = used;
-        if !published && !g.chains_full_reported {
-            g.chains_full_reported = true;
-            crate::report::note_chain_table_full();
-        }
-        r
-    }
-
-    pub(crate) fn with_graph<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
-        f(&mut self.graph.lock())
-    }
-}
-
-#[cfg(not(loom))]
-#[inline]
-pub(crate) fn validator() -> &'static Validator {
-    static V: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
-    V.get_or_init(|| Validator::new(CHAIN_CAPACITY))
-}
-
-#[cfg(loom)]
-loom::lazy_static! {
-    static ref VALIDATOR: Validator = Validator::new(256);
-}
-
-#[cfg(loom)]
-pub(crate) fn validator() -> &'static Validator {
-    &VALIDATOR
-}
+use crate::chain::chain_hash;
+use crate::class::{ClassInfo, DynamicKey, LockClass, Reclaim};
+use crate::graph::{dep_bit, dep_names, EdgeOrigin, Graph, Step};
+use crate::report::{ContextInfo, Dependency, Report, ReportKind};
+use crate::sink::{self, Route};
+use crate::task::{with_task, HeldLock, Task};
+use crate::Read;
 
 /// How an acquisition holds the lock.
 #[derive(Clone, Copy)]
@@ -188,7 +125,7 @@ pub(crate) fn acquire(
         let key = chain_hash(prev, info.id, how.read);
         let bad_context = how.sleep && (t.preempt_count | t.non_block) != 0;
         // With nothing held there is nothing to order against: skip the lookup.
-        let validated = how.trylock || t.held.is_empty() || validator().chains.contains(key);
+        let validated = how.trylock || t.held.is_empty() || t.domain.chains.contains(key);
         if bad_context || !validated {
             return false;
         }
@@ -222,7 +159,7 @@ pub(crate) fn acquire(
 #[cold]
 #[inline(never)]
 fn acquire_slow(
-    info: &'static crate::class::ClassInfo,
+    info: &'static ClassInfo,
     instance: usize,
     how: How,
     loc: &'static Location<'static>,
@@ -246,13 +183,14 @@ fn acquire_slow(
         let cycle = if how.trylock {
             None
         } else {
-            validator().lookup_or_validate(key, |g| validate_chain(g, t, &entry))
+            validate(t, key, &entry)
         };
-        if sleep.is_none() && cycle.is_none() {
+        let full = full_report(t);
+        if sleep.is_none() && cycle.is_none() && full.is_none() {
             t.push(entry, key);
             return None;
         }
-        Some((entry, key, [sleep, cycle], t.scopes.clone()))
+        Some((entry, key, [sleep, cycle, full], t.route()))
     });
     match outcome {
         None => Held::untracked(),
@@ -260,9 +198,9 @@ fn acquire_slow(
             instance,
             _task_bound: PhantomData,
         },
-        Some(Some((entry, key, reports, scopes))) => {
+        Some(Some((entry, key, reports, route))) => {
             for r in reports.into_iter().flatten() {
-                report::emit(r, &scopes);
+                sink::emit(r, &route);
             }
             with_task(|t| t.push(entry, key));
             Held {
@@ -282,7 +220,7 @@ pub(crate) fn might_acquire(class: LockClass, how: How, loc: &'static Location<'
     }
     let info = class.info;
     let outcome = with_task(|t| {
-        let mut reports = [None, None];
+        let mut reports = [None, None, None];
         if how.sleep && (t.preempt_count > 0 || t.non_block > 0) {
             reports[0] = Some(sleep_report(t, loc));
         }
@@ -296,15 +234,16 @@ pub(crate) fn might_acquire(class: LockClass, how: How, loc: &'static Location<'
             loc,
             prev_chain_key: t.chain_key,
         };
-        reports[1] = validator().lookup_or_validate(key, |g| validate_chain(g, t, &entry));
+        reports[1] = validate(t, key, &entry);
+        reports[2] = full_report(t);
         if reports.iter().all(Option::is_none) {
             return None;
         }
-        Some((reports, t.scopes.clone()))
+        Some((reports, t.route()))
     });
-    if let Some(Some((reports, scopes))) = outcome {
+    if let Some(Some((reports, route))) = outcome {
         for r in reports.into_iter().flatten() {
-            report::emit(r, &scopes);
+            sink::emit(r, &route);
         }
     }
 }
@@ -321,23 +260,20 @@ pub(crate) fn release(instance: usize, loc: Option<&'static Location<'static>>) 
 #[cold]
 #[inline(never)]
 fn bad_unlock(loc: Option<&'static Location<'static>>) {
-    if let Some((r, scopes)) = with_task(|t| bad_unlock_report(t, loc)) {
-        report::emit(r, &scopes);
+    if let Some((r, route)) = with_task(|t| bad_unlock_report(t, loc)) {
+        sink::emit(r, &route);
     }
 }
 
 #[cold]
-fn bad_unlock_report(
-    t: &Task,
-    loc: Option<&'static Location<'static>>,
-) -> (Report, Vec<Arc<crate::testing::ScopeInner>>) {
+fn bad_unlock_report(t: &Task, loc: Option<&'static Location<'static>>) -> (Report, Route) {
     let mut r = Report::new(ReportKind::BadUnlock, t.thread(), loc);
     r.message = format!(
         "thread '{}' (pid {}) is trying to release a lock it does not hold.",
         t.name, t.pid
     );
     r.held = t.held_info();
-    (r, t.scopes.clone())
+    (r, t.route())
 }
 
 /// The `SleepingInInvalidContext` report for the task's current context.
@@ -371,6 +307,26 @@ pub(crate) fn context_info(t: &Task) -> ContextInfo {
     }
 }
 
+/// The chain-cache lookup and, on a miss, the validation of `entry` in the task's context.
+#[inline]
+fn validate(t: &Task, key: u64, entry: &HeldLock) -> Option<Report> {
+    t.domain
+        .lookup_or_validate(key, |g| validate_chain(g, t, entry))
+}
+
+/// The `ChainTableFull` report, once per context, when its chain cache has filled up.
+#[cold]
+fn full_report(t: &Task) -> Option<Report> {
+    if !t.domain.take_full_notice() {
+        return None;
+    }
+    let mut r = Report::new(ReportKind::ChainTableFull, t.thread(), None);
+    r.message = "the chain cache is full; new lock chains are now validated under the graph \
+                 lock every time (correct, but slower)."
+        .to_owned();
+    Some(r)
+}
+
 /// Validates `next` against the task's held locks under the graph lock (a chain-cache miss).
 #[cold]
 fn validate_chain(g: &mut Graph, t: &Task, next: &HeldLock) -> Option<Report> {
@@ -382,15 +338,17 @@ fn validate_chain(g: &mut Graph, t: &Task, next: &HeldLock) -> Option<Report> {
             return Some(recursive_report(t, prev, next));
         }
     }
-    // Edges from the held locks on top down to the first non-trylock one
-    // (`check_prevs_add`): deeper locks are connected to `next` through it.
+    // Edges from the held locks on top down to the first one that is neither a trylock nor a
+    // recursive reader (`check_prevs_add` stops at the first non-trylock): deeper locks reach
+    // `next` through that one by a strong path. Through a recursive reader they would not (see
+    // the module documentation), so the walk goes past it.
     for prev in t.held.iter().rev() {
         if prev.class.id != next.class.id {
             if let Some(r) = check_prev_add(g, t, prev, next) {
                 return Some(r);
             }
         }
-        if !prev.trylock {
+        if !prev.trylock && prev.read != Read::Recursive {
             break;
         }
     }
@@ -416,7 +374,7 @@ fn check_prev_add(g: &mut Graph, t: &Task, prev: &HeldLock, next: &HeldLock) -> 
     g.add_edge(prev.class, next.class, bit, || EdgeOrigin {
         from_loc: prev.loc,
         to_loc: next.loc,
-        thread: Arc::from(t.name.as_str()),
+        thread: std::sync::Arc::from(t.name.as_str()),
     });
     None
 }
@@ -428,27 +386,28 @@ fn cycle_report(
     prev: &HeldLock,
     next: &HeldLock,
     bit: u8,
-    path: &[crate::graph::Step],
+    path: &[Step],
 ) -> Report {
     let mut cycle = vec![Dependency {
-        from: class_ref(prev.class),
-        to: class_ref(next.class),
+        from: prev.class.to_ref(),
+        to: next.class.to_ref(),
         kinds: dep_names(bit),
         from_acquired_at: prev.loc.into(),
         to_acquired_at: next.loc.into(),
         thread: t.name.clone(),
         new: true,
     }];
-    let mut reclaim = prev.class.reclaim || next.class.reclaim;
+    let in_reclaim = |c: &ClassInfo| c.reclaim != Reclaim::No;
+    let mut reclaim = in_reclaim(prev.class) || in_reclaim(next.class);
     for step in path {
         let e = g.edge_at(step);
         let (Some(from), Some(to)) = (g.class(step.from), g.class(e.to)) else {
             continue;
         };
-        reclaim |= from.reclaim || to.reclaim;
+        reclaim |= in_reclaim(from) || in_reclaim(to);
         cycle.push(Dependency {
-            from: class_ref(from),
-            to: class_ref(to),
+            from: from.to_ref(),
+            to: to.to_ref(),
             kinds: dep_names(e.kinds),
             from_acquired_at: e.origin.from_loc.into(),
             to_acquired_at: e.origin.to_loc.into(),
@@ -470,9 +429,9 @@ fn cycle_report(
     if reclaim {
         r.message.push_str(
             "\nThe cycle goes through memory reclaim: a lock held across an allocation that may \
-             enter direct reclaim (fs_reclaim, and reclaim may invalidate mappings through MMU \
-             notifiers) is also taken in reclaim or in an MMU-notifier callback. Allocate before \
-             taking the lock, or use Gfp::ATOMIC / Gfp::NOWAIT.",
+             enter direct reclaim is also taken in reclaim, or inside a pseudo-lock that reclaim \
+             may take (such as the invalidation of mappings). Allocate before taking the lock, \
+             or use Gfp::ATOMIC / Gfp::NOWAIT.",
         );
     }
     r.lock = Some(next.info());
@@ -483,7 +442,7 @@ fn cycle_report(
 
 #[cold]
 fn recursive_report(t: &Task, prev: &HeldLock, next: &HeldLock) -> Report {
-    let kind = if next.class.reclaim {
+    let kind = if next.class.reclaim == Reclaim::FsReclaim {
         ReportKind::ReclaimRecursion
     } else {
         ReportKind::RecursiveLocking
@@ -491,29 +450,42 @@ fn recursive_report(t: &Task, prev: &HeldLock, next: &HeldLock) -> Report {
     let mut r = Report::new(kind, t.thread(), Some(next.loc));
     r.message = format!(
         "thread '{}' (pid {}) is trying to acquire lock ({}) but already holds a lock of the \
-         same class, acquired at {}.\nIf these are two different objects taken in a defined \
-         order, give the inner one a subclass (lock_nested); otherwise this deadlocks.",
+         same class, acquired at {}.",
         t.name, t.pid, next.class.name, prev.loc
     );
-    if next.class.reclaim {
-        r.message.push_str(
+    r.message.push_str(match next.class.reclaim {
+        Reclaim::FsReclaim => {
             "\nThis is an allocation that may enter reclaim made from inside reclaim: use \
-             Gfp::NOFS / memalloc_noreclaim_save() there.",
-        );
-    }
+             Gfp::NOFS / memalloc_noreclaim_save() there."
+        }
+        Reclaim::Primed => {
+            "\nThis pseudo-lock is held for as long as the section it stands for runs, and this \
+             thread is inside it: waiting for that section to end (or allocating in a way that \
+             may enter reclaim, which may enter it) from inside it waits for itself."
+        }
+        Reclaim::No => {
+            "\nIf these are two different objects taken in a defined order, give the inner one \
+             a subclass (lock_nested); otherwise this deadlocks."
+        }
+    });
     r.lock = Some(next.info());
     r.held = t.held_info();
     r
 }
 
-/// Removes the classes' dependencies (a dynamic key was dropped).
-pub(crate) fn forget_classes(ids: &[u32]) {
-    validator().with_graph(|g| g.forget(ids));
+impl Drop for DynamicKey {
+    /// Removes the class's dependencies (`lockdep_unregister_key`) from the process-wide
+    /// context and from the current thread's.
+    fn drop(&mut self) {
+        let ids = self.class_ids();
+        crate::domain::global().with_locked(|l| l.graph.forget(&ids));
+        with_task(|t| t.domain.with_locked(|l| l.graph.forget(&ids)));
+    }
 }
 
-/// Number of chains validated so far (cache misses), process-wide.
+/// Number of chains validated so far (cache misses) in the current thread's context.
 pub(crate) fn chains_validated() -> u64 {
-    validator().with_graph(|g| g.chains_validated)
+    with_task(|t| t.domain.with_locked(|l| l.chains_validated)).unwrap_or(0)
 }
 
 /// Whether the current task holds the lock at `instance` (`lockdep_is_held`); `true` when

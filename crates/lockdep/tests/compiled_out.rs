@@ -4,7 +4,7 @@
 
 use std::mem::size_of;
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{
     atomic_section, might_alloc, might_sleep, non_block_section, static_lock_class, Gfp, LockClass,
     LockMapGuard, Mutex, NonBlockGuard, SpinLock,

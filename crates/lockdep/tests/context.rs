@@ -3,7 +3,7 @@
 
 use std::thread;
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{
     atomic_section, check_task_exit, might_sleep, non_block_end, non_block_section,
     non_block_start, static_lock_class, Completion, LockMap, Mutex, ReportKind, RwLock, SpinLock,

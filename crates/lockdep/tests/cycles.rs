@@ -3,7 +3,7 @@
 
 use std::thread;
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{static_lock_class, DynamicKey, Mutex, ReportKind, SpinLock};
 
 const CYCLE: ReportKind = ReportKind::PossibleCircularLockingDependency;

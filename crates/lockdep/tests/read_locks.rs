@@ -1,7 +1,7 @@
 //! Reader-writer rules: cycles that cannot deadlock are not reported.
 #![cfg(feature = "enabled")]
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{static_lock_class, LockMap, Mutex, ReportKind, RwLock};
 
 const CYCLE: ReportKind = ReportKind::PossibleCircularLockingDependency;
@@ -159,4 +159,28 @@ fn try_read_adds_no_edge() {
         let _a = a.lock();
     }
     assert!(scope.is_clean(), "{:#?}", scope.reports());
+}
+
+#[test]
+fn a_lock_held_under_a_recursive_read_section_is_ordered_before_what_is_taken_inside() {
+    // X held, then a recursive read section of R, then L: X is held while L is taken. The
+    // kernel records only R -> L (and X -> R), and X -(ER)-> R -(SN)-> L is not a strong path,
+    // so the L -> X order below closed no cycle there. It is a real deadlock (one thread holds
+    // X and waits for L, the other holds L and waits for X), and is reported here.
+    let scope = Scope::new();
+    let x = Mutex::new((), static_lock_class!("under-rr-X"));
+    let r = RwLock::new((), static_lock_class!("under-rr-R"));
+    let l = Mutex::new((), static_lock_class!("under-rr-L"));
+    {
+        let _x = x.lock();
+        let _r = r.read_recursive();
+        let _l = l.lock();
+    }
+    {
+        let _l = l.lock();
+        let _x = x.lock();
+    }
+    let cycles = scope.of_kind(ReportKind::PossibleCircularLockingDependency);
+    assert_eq!(cycles.len(), 1, "{:#?}", scope.reports());
+    assert_eq!(cycles[0].cycle.len(), 2, "{}", cycles[0]);
 }

@@ -1,13 +1,62 @@
-//! The reclaim model: allocations that may enter reclaim, the notifier map and `fs_reclaim`.
+//! The reclaim model: allocations that may enter reclaim, a map reclaim primes (registered
+//! here as the notifier crate registers its own) and `fs_reclaim`.
 #![cfg(feature = "enabled")]
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{
-    fs_reclaim_section, memalloc_noreclaim_save, might_alloc, static_lock_class, Gfp, Mutex,
-    ReportKind, SpinLock, MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP as NOTIFIER_MAP,
+    fs_reclaim_section, memalloc_noreclaim_save, might_alloc, reclaim_primes, static_lock_class,
+    Gfp, LockMap, Mutex, ReportKind, SpinLock,
 };
 
 const INVERSION: ReportKind = ReportKind::ReclaimInversion;
+
+/// Stands for the notifier crate's map: direct reclaim may enter it.
+static NOTIFIER_MAP: LockMap = LockMap::new("mmu_notifier_invalidate_range_start");
+reclaim_primes!(NOTIFIER_MAP);
+
+/// A map nobody registered: reclaim does not prime it.
+static UNREGISTERED_MAP: LockMap = LockMap::new("not-entered-by-reclaim");
+
+#[test]
+fn registered_maps_are_listed_and_unregistered_ones_are_not() {
+    assert!(lockdep::RECLAIM_MAPS
+        .iter()
+        .any(|m| std::ptr::eq(*m, &NOTIFIER_MAP)));
+    assert!(!lockdep::RECLAIM_MAPS
+        .iter()
+        .any(|m| std::ptr::eq(*m, &UNREGISTERED_MAP)));
+}
+
+#[test]
+fn a_map_reclaim_does_not_prime_makes_no_reclaim_inversion() {
+    let scope = Scope::new();
+    let lock = Mutex::new(0, static_lock_class!("unprimed-lock"));
+    {
+        let _g = lock.lock();
+        might_alloc(Gfp::KERNEL);
+    }
+    {
+        let _map = UNREGISTERED_MAP.acquire();
+        *lock.lock() += 1;
+    }
+    assert!(scope.is_clean(), "{:#?}", scope.reports());
+}
+
+#[test]
+fn allocating_inside_a_primed_map_is_recursive_locking_of_the_map() {
+    // The kernel's words for it: possible recursive locking (of the notifier map), not the
+    // in-reclaim recursion, whose advice (NOFS) would not help.
+    let scope = Scope::new();
+    {
+        let _map = NOTIFIER_MAP.acquire();
+        might_alloc(Gfp::NOIO);
+    }
+    let r = scope.of_kind(ReportKind::RecursiveLocking);
+    assert_eq!(r.len(), 1, "{:#?}", scope.reports());
+    assert!(r[0].involves("mmu_notifier_invalidate_range_start"));
+    assert!(r[0].message.contains("waits for itself"), "{}", r[0]);
+    assert!(scope.of_kind(ReportKind::ReclaimRecursion).is_empty());
+}
 
 /// A notifier callback that takes `lock`, as the invalidation code runs it.
 fn simulated_invalidate_range_start(lock: &Mutex<u32>) {

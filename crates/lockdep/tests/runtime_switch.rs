@@ -2,7 +2,7 @@
 //! the switch is process-wide.
 #![cfg(feature = "enabled")]
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{might_sleep, non_block_end, set_enabled, static_lock_class, Mutex, SpinLock};
 
 #[test]

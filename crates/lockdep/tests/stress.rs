@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{static_lock_class, LockClass, Mutex, RwLock};
 
 #[test]
