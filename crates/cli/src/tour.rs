@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use hostmm::race::{RaceConfig, RaceSource};
 use hostmm::{MonitorConfig, Source};
-use lockdep::testing::Scope;
+use lockdep::scope::Scope;
 use lockdep::{might_alloc, DynamicKey, Gfp, Mutex, Report, ReportKind, ReportMode, SpinLock};
 use mmu_notifier::{
     Capabilities, Diagnostics, Event, Interval, IntervalNotifier, IntervalNotifierOps, Mm,
@@ -219,7 +219,7 @@ impl Step {
                  mmu_notifier_invalidate_range_start and the driver lock; GFP_ATOMIC: no report"
             }
             Step::Seed002AllocInNotifier => {
-                "GFP_KERNEL in the callback: a ReclaimRecursion on \
+                "GFP_KERNEL in the callback: possible recursive locking (RecursiveLocking) of \
                  mmu_notifier_invalidate_range_start; GFP_NOWAIT (no direct reclaim): no report"
             }
             Step::Seed003NonBlock => {
@@ -1035,7 +1035,7 @@ fn seed002_alloc_in_notifier() -> Result<Finding> {
         (Gfp::NOWAIT, "GFP_NOWAIT", false),
     ] {
         let reports = seed002_with(gfp)?;
-        let recursion: Vec<&Report> = of_kind(&reports, ReportKind::ReclaimRecursion)
+        let recursion: Vec<&Report> = of_kind(&reports, ReportKind::RecursiveLocking)
             .into_iter()
             .filter(|r| r.involves(NOTIFIER_MAP))
             .collect();
@@ -1045,7 +1045,7 @@ fn seed002_alloc_in_notifier() -> Result<Finding> {
         ));
         if bad {
             f.check(
-                format!("{label}: a ReclaimRecursion with {NOTIFIER_MAP} held"),
+                format!("{label}: possible recursive locking of {NOTIFIER_MAP}"),
                 recursion.len() == 1,
             );
         } else {

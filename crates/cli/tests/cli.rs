@@ -183,7 +183,7 @@ fn tour_json_has_all_seven_steps_passed_with_lockdep_reports() {
     assert!(!seed001[0]["report"]["cycle"].as_array().unwrap().is_empty());
     assert_eq!(
         steps[3]["lockdep_reports"][0]["report"]["kind"],
-        "ReclaimRecursion"
+        "RecursiveLocking"
     );
     assert_eq!(
         steps[4]["lockdep_reports"][0]["report"]["context"]["non_block"],

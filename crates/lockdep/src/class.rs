@@ -248,7 +248,7 @@ pub(crate) enum Reclaim {
     Primed,
     /// `fs_reclaim` itself: a cycle through it is a reclaim inversion, and taking it again is
     /// an allocation made from inside reclaim.
-    FsReclaim,
+    Fs,
 }
 
 /// What the validator knows about one class. Leaked on registration: class descriptors live

@@ -61,9 +61,8 @@ impl Context {
     pub fn enter(&self) -> ContextGuard {
         #[cfg(feature = "enabled")]
         {
-            let previous = crate::task::with_task(|t| {
-                std::mem::replace(&mut t.domain, self.domain.clone())
-            });
+            let previous =
+                crate::task::with_task(|t| std::mem::replace(&mut t.domain, self.domain.clone()));
             ContextGuard {
                 previous,
                 _task_bound: PhantomData,

@@ -102,27 +102,27 @@
 #![forbid(unsafe_code)]
 
 // From the bottom up: each module imports only modules above it in this list.
-mod primitive;
-mod report;
-mod render;
-mod sink;
-mod class;
 #[cfg(feature = "enabled")]
 mod chain;
-#[cfg(feature = "enabled")]
-mod graph;
+mod class;
+mod context;
 #[cfg(feature = "enabled")]
 mod domain;
+mod gfp;
 #[cfg(feature = "enabled")]
-mod task;
+mod graph;
 mod isolation;
-pub mod scope;
-#[cfg_attr(not(feature = "enabled"), path = "validator_off.rs")]
-mod validator;
-mod context;
 mod lock;
 mod map;
-mod gfp;
+mod primitive;
+mod render;
+mod report;
+pub mod scope;
+mod sink;
+#[cfg(feature = "enabled")]
+mod task;
+#[cfg_attr(not(feature = "enabled"), path = "validator_off.rs")]
+mod validator;
 mod wait;
 
 /// The old name of [`scope`], kept so that code written against it still builds.
@@ -151,18 +151,16 @@ pub use gfp::{
 };
 pub use isolation::{Context, ContextGuard};
 pub use lock::{
-    Backend, Lock, LockGuard, Mutex, MutexBackend, MutexGuard, RwBackend, RwLock,
-    RwLockReadGuard, RwLockWriteGuard, SpinBackend, SpinLock, SpinLockGuard,
+    Backend, Lock, LockGuard, Mutex, MutexBackend, MutexGuard, RwBackend, RwLock, RwLockReadGuard,
+    RwLockWriteGuard, SpinBackend, SpinLock, SpinLockGuard,
 };
 pub use map::{wait_as_acquire, LockMap, LockMapGuard};
 pub use report::{
-    ClassRef, ContextInfo, Dependency, HeldLockInfo, Report, ReportKind, SourceLocation,
-    ThreadInfo,
+    ClassRef, ContextInfo, Dependency, HeldLockInfo, Report, ReportKind, SourceLocation, ThreadInfo,
 };
 pub use scope::{collect_reports, spawn};
 pub use sink::{
-    report_mode, reports, set_report_hook, set_report_mode, take_reports, ReportHook,
-    ReportMode,
+    report_mode, reports, set_report_hook, set_report_mode, take_reports, ReportHook, ReportMode,
 };
 pub use wait::{Completion, WaitQueue};
 

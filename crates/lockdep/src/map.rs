@@ -86,7 +86,7 @@ impl LockMap {
     fn reclaim_role(&self) -> crate::class::Reclaim {
         use crate::class::Reclaim;
         if self.fs_reclaim {
-            Reclaim::FsReclaim
+            Reclaim::Fs
         } else if crate::gfp::RECLAIM_MAPS
             .iter()
             .any(|m| std::ptr::eq(*m, self))

@@ -261,10 +261,7 @@ impl Picture {
                 continue;
             };
             // Out of the right side of `a`, along the lane, into the right side of `b`.
-            let (ya, yb) = (
-                row_y(*a) + BOX_H / 2.0 + 5.0,
-                row_y(*b) + BOX_H / 2.0 - 5.0,
-            );
+            let (ya, yb) = (row_y(*a) + BOX_H / 2.0 + 5.0, row_y(*b) + BOX_H / 2.0 - 5.0);
             let bx = left + box_w;
             let _ = writeln!(
                 out,

@@ -404,4 +404,3 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
-

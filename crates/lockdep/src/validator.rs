@@ -442,7 +442,7 @@ fn cycle_report(
 
 #[cold]
 fn recursive_report(t: &Task, prev: &HeldLock, next: &HeldLock) -> Report {
-    let kind = if next.class.reclaim == Reclaim::FsReclaim {
+    let kind = if next.class.reclaim == Reclaim::Fs {
         ReportKind::ReclaimRecursion
     } else {
         ReportKind::RecursiveLocking
@@ -454,7 +454,7 @@ fn recursive_report(t: &Task, prev: &HeldLock, next: &HeldLock) -> Report {
         t.name, t.pid, next.class.name, prev.loc
     );
     r.message.push_str(match next.class.reclaim {
-        Reclaim::FsReclaim => {
+        Reclaim::Fs => {
             "\nThis is an allocation that may enter reclaim made from inside reclaim: use \
              Gfp::NOFS / memalloc_noreclaim_save() there."
         }

@@ -60,13 +60,21 @@ fn each_context_validates_a_chain_again() {
         ab(&a, &b);
         ab(&a, &b);
     }
-    assert_eq!(first.chains_validated(), 1, "validated once, then a cache hit");
+    assert_eq!(
+        first.chains_validated(),
+        1,
+        "validated once, then a cache hit"
+    );
     let second = Context::new();
     {
         let _in = second.enter();
         ab(&a, &b);
     }
-    assert_eq!(second.chains_validated(), 1, "checked again in a new context");
+    assert_eq!(
+        second.chains_validated(),
+        1,
+        "checked again in a new context"
+    );
 }
 
 #[test]

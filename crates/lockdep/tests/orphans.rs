@@ -36,7 +36,10 @@ fn a_report_on_an_unattached_thread_is_an_orphan_the_scope_sees() {
         .filter(|r| r.involves("orphan-A"))
         .collect();
     assert_eq!(orphans.len(), 1, "the report must not be dropped");
-    assert_eq!(orphans[0].kind, ReportKind::PossibleCircularLockingDependency);
+    assert_eq!(
+        orphans[0].kind,
+        ReportKind::PossibleCircularLockingDependency
+    );
     assert!(!scope.is_clean(), "a scope that saw an orphan is not clean");
     // Also in the process-wide log.
     assert!(lockdep::reports().iter().any(|r| r.involves("orphan-A")));

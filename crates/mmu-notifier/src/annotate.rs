@@ -1,11 +1,40 @@
 //! The one seam where the kernel's validator calls belong.
 //!
-//! Linux annotates the notifier core with lockdep and scheduler debug calls (reference §1.9,
-//! §3): the `__mmu_notifier_invalidate_range_start_map` pseudo-lock held across start and end
-//! dispatch and "might-taken" in `read_begin` and interval `remove`; `might_sleep()` at
-//! blockable start and end; `non_block_start()/non_block_end()` around list callbacks of a
-//! non-blockable range; atomic context around `arch_invalidate_secondary_tlbs`; the SRCU read
-//! section as a recursive read of the SRCU map and `synchronize_srcu` as a wait on it.
+//! Linux annotates the notifier core with lockdep and scheduler debug calls
+//! (`include/linux/mmu_notifier.h`, `mm/mmu_notifier.c`): the
+//! `__mmu_notifier_invalidate_range_start_map` pseudo-lock held across start and end dispatch
+//! and "might-taken" in `mmu_interval_read_begin` and `mmu_interval_notifier_remove`;
+//! `might_sleep()` at blockable start and end; `non_block_start()/non_block_end()` around
+//! callbacks of a non-blockable range (`mn_hlist_invalidate_range_start`); atomic context
+//! around `arch_invalidate_secondary_tlbs`; the SRCU read section as a recursive read of the
+//! SRCU map and `synchronize_srcu` as a wait on it. `fs_reclaim_acquire` (`mm/page_alloc.c`)
+//! primes the map for every allocation that may enter direct reclaim: here the map is
+//! registered with the validator for that ([`lockdep::reclaim_primes!`]), so the validator
+//! itself knows nothing of notifiers.
+//!
+//! # The map's edges, and two choices
+//!
+//! - **Caller lock → map and map → callback lock are both strong.** The map is taken inside
+//!   the SRCU read section, a recursive read. The kernel's lockdep records an edge only from
+//!   the lock on top of the held stack, so with SRCU on top a lock held by the caller of
+//!   `invalidate_range_start` reached the map only through SRCU (`L -(ER)-> srcu -(SN)-> map`),
+//!   a weak path: amdgpu's 2016 reservation/`anon_vma` inversion, reduced to a lock held around
+//!   the start and taken in a callback, went unreported (the kernel avoids it by taking the map
+//!   in the inline wrapper, before `srcu_read_lock`). The validator here records the direct edge
+//!   from every lock under a recursive reader, so both edges are strong whichever is taken
+//!   first (tests `caller_lock_*` and `map_then_callback_lock_*` in
+//!   `tests/lockdep_contract.rs`).
+//! - **The end dispatch waits for nothing.** A lock a callback takes in
+//!   `invalidate_range_start` and releases in `invalidate_range_end` (the pre-5.12 ODP design)
+//!   is held when the end takes the map again, and kernel lockdep reports that as a cycle with
+//!   the map. It cannot deadlock: the map is not a lock, and the end does not wait for any
+//!   other invalidation. So the end holds the map with
+//!   [`LockMap::acquire_nowait`](lockdep::LockMap::acquire_nowait): what end callbacks take is
+//!   still ordered after the map (and after the caller's locks), but holding a lock into the
+//!   end records no edge into the map. The start still records caller lock → map.
+//! - **`remove` (or `read_begin`) from inside a callback** waits for the map while holding
+//!   it: reported as the kernel would, "possible recursive locking" of the map (not as an
+//!   allocation inside reclaim).
 //!
 //! Every such call in this crate goes through this module and nowhere else. With the crate
 //! feature `lockdep` they go to the [`lockdep`] validator; without it they compile to nothing
@@ -20,8 +49,19 @@
 use crate::primitive::{lock, Mutex, MutexGuard};
 
 #[cfg(feature = "lockdep")]
+mod findings;
+
+#[cfg(feature = "lockdep")]
+pub use findings::{Finding, Findings};
+
+#[cfg(feature = "lockdep")]
 mod imp {
-    use lockdep::{LockMap, LockMapGuard, MMU_NOTIFIER_INVALIDATE_RANGE_START_MAP as MAP};
+    use lockdep::{LockMap, LockMapGuard};
+
+    /// `__mmu_notifier_invalidate_range_start_map`: held while invalidation callbacks run, and
+    /// primed by every allocation that may enter direct reclaim (registered below).
+    static MAP: LockMap = LockMap::new("mmu_notifier_invalidate_range_start");
+    lockdep::reclaim_primes!(MAP);
 
     /// The SRCU domain's read side, one class for every address space's domain (Linux uses one
     /// `srcu_struct` for all of them, and lockdep sees it as one map).
@@ -46,6 +86,12 @@ mod imp {
     #[track_caller]
     pub(crate) fn invalidate_map_acquire() -> MapGuard {
         MAP.acquire()
+    }
+
+    #[inline]
+    #[track_caller]
+    pub(crate) fn invalidate_map_end() -> MapGuard {
+        MAP.acquire_nowait()
     }
 
     #[inline]
@@ -123,6 +169,10 @@ mod imp {
         Off
     }
     #[inline(always)]
+    pub(crate) fn invalidate_map_end() -> MapGuard {
+        Off
+    }
+    #[inline(always)]
     pub(crate) fn invalidate_map_might_lock() {}
     #[inline(always)]
     pub(crate) fn non_block() -> NonBlockGuard {
@@ -180,6 +230,14 @@ pub(crate) fn might_sleep() {
 #[track_caller]
 pub(crate) fn invalidate_map_acquire() -> InvalidateMapGuard {
     imp::invalidate_map_acquire()
+}
+
+/// `lock_map_acquire(&map)` in `__mmu_notifier_invalidate_range_end`, held as an acquisition
+/// that waits for nothing (see the module documentation).
+#[inline(always)]
+#[track_caller]
+pub(crate) fn invalidate_map_end() -> InvalidateMapGuard {
+    imp::invalidate_map_end()
 }
 
 /// `lock_map_acquire(); lock_map_release();`: the caller might wait for invalidations.

@@ -102,6 +102,8 @@ mod range;
 mod srcu;
 mod tls;
 
+#[cfg(feature = "lockdep")]
+pub use annotate::{Finding, Findings};
 pub use diag::{DiagMode, Diagnostics, Warning};
 pub use error::{Error, WouldBlock};
 pub use interval::{Interval, IntervalNotifier, IntervalNotifierOps, IntervalRef, IntervalState};

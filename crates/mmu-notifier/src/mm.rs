@@ -445,7 +445,7 @@ impl Drop for InvalidateGuard<'_> {
             self.srcu.read_unlock_in_place(&self.token);
             return;
         };
-        let _map = annotate::invalidate_map_acquire();
+        let _map = annotate::invalidate_map_end();
         if a.itree_active {
             a.subs.itree_inv_end();
         }
