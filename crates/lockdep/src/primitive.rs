@@ -60,7 +60,7 @@ mod loom_shim {
     pub(crate) type RawRwLockWriteGuard<'a, T> = loom::sync::RwLockWriteGuard<'a, T>;
 
     #[derive(Debug)]
-    pub(crate) struct RawMutex<T>(pub(super) loom::sync::Mutex<T>);
+    pub struct RawMutex<T>(pub(super) loom::sync::Mutex<T>);
 
     impl<T> RawMutex<T> {
         pub(crate) fn new(t: T) -> Self {
@@ -81,7 +81,7 @@ mod loom_shim {
     }
 
     #[derive(Debug)]
-    pub(crate) struct RawRwLock<T>(loom::sync::RwLock<T>);
+    pub struct RawRwLock<T>(loom::sync::RwLock<T>);
 
     impl<T> RawRwLock<T> {
         pub(crate) fn new(t: T) -> Self {
