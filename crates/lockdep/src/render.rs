@@ -237,43 +237,38 @@ impl Picture {
                 ("#333", "arrow")
             }
         };
-        let mut lane_of = lanes.iter();
+        let mut lane_of = lanes.iter().map(|&(_, x)| x);
         for (k, (a, b, label, hot)) in self.edges.iter().enumerate() {
             let (stroke, marker) = style(*hot);
-            if in_gap[k] {
+            // The edge's outline, and the left end and vertical middle of its label.
+            let (outline, label_x, label_y) = if in_gap[k] {
                 let (y1, y2) = (row_y(*a) + BOX_H, row_y(*b));
-                let _ = writeln!(
-                    out,
-                    "<line x1=\"{cx:.1}\" y1=\"{y1:.1}\" x2=\"{cx:.1}\" y2=\"{y2:.1}\" \
-                     stroke=\"{stroke}\" stroke-width=\"1.5\" marker-end=\"url(#{marker})\"/>"
-                );
-                let _ = writeln!(
-                    out,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{LABEL_FONT}\" \
-                     fill=\"{stroke}\">{}</text>",
+                (
+                    format!("<line x1=\"{cx:.1}\" y1=\"{y1:.1}\" x2=\"{cx:.1}\" y2=\"{y2:.1}\""),
                     cx + 8.0,
-                    (y1 + y2) / 2.0 + LABEL_FONT * 0.35,
-                    xml_escape(label)
-                );
-                continue;
-            }
-            let Some(&(_, x)) = lane_of.next() else {
-                continue;
+                    (y1 + y2) / 2.0,
+                )
+            } else {
+                let Some(x) = lane_of.next() else {
+                    continue;
+                };
+                // Out of the right side of `a`, along the lane, into the right side of `b`.
+                let (ya, yb) = (row_y(*a) + BOX_H / 2.0 + 5.0, row_y(*b) + BOX_H / 2.0 - 5.0);
+                let bx = left + box_w;
+                (
+                    format!(
+                        "<path d=\"M {bx:.1} {ya:.1} H {x:.1} V {yb:.1} H {bx:.1}\" fill=\"none\""
+                    ),
+                    x + 6.0,
+                    (ya + yb) / 2.0,
+                )
             };
-            // Out of the right side of `a`, along the lane, into the right side of `b`.
-            let (ya, yb) = (row_y(*a) + BOX_H / 2.0 + 5.0, row_y(*b) + BOX_H / 2.0 - 5.0);
-            let bx = left + box_w;
             let _ = writeln!(
                 out,
-                "<path d=\"M {bx:.1} {ya:.1} H {x:.1} V {yb:.1} H {bx:.1}\" fill=\"none\" \
-                 stroke=\"{stroke}\" stroke-width=\"1.5\" marker-end=\"url(#{marker})\"/>"
-            );
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{LABEL_FONT}\" \
-                 fill=\"{stroke}\">{}</text>",
-                x + 6.0,
-                (ya + yb) / 2.0 + LABEL_FONT * 0.35,
+                "{outline} stroke=\"{stroke}\" stroke-width=\"1.5\" \
+                 marker-end=\"url(#{marker})\"/>\n<text x=\"{label_x:.1}\" y=\"{:.1}\" \
+                 font-size=\"{LABEL_FONT}\" fill=\"{stroke}\">{}</text>",
+                label_y + LABEL_FONT * 0.35,
                 xml_escape(label)
             );
         }

@@ -564,6 +564,37 @@ impl MmuNotifierOps for TakesInStart {
     }
 }
 
+/// The cycle reports among `findings`.
+fn cycles_found(findings: &Findings) -> Vec<Report> {
+    findings
+        .reports()
+        .into_iter()
+        .filter(|r| r.kind.is_cycle())
+        .collect()
+}
+
+/// A caller lock held around an invalidation whose start callback takes the driver's lock
+/// (`around` gets the invalidation to run under the caller lock), and elsewhere the caller
+/// lock taken under the driver's lock (`inverse`, run with the driver lock held). Returns the
+/// findings, in a validator context of their own.
+fn caller_lock_inversion(
+    driver: &str,
+    around: impl FnOnce(&dyn Fn()),
+    inverse: impl FnOnce(),
+) -> Findings {
+    let findings = Findings::isolated();
+    let key = DynamicKey::new(driver);
+    let lock = Arc::new(Mutex::new(0u64, &key));
+    let mm = Mm::builder().diagnostics(findings.diagnostics()).build();
+    let _sub = mm.register(TakesInStart { lock: lock.clone() }).unwrap();
+    around(&|| mm.invalidate_range_start(range()).end());
+    {
+        let _d = lock.lock();
+        inverse();
+    }
+    findings
+}
+
 #[test]
 fn caller_lock_held_around_start_is_ordered_before_the_map() {
     // amdgpu's 2016 reservation-vs-anon_vma inversion, reduced: rmap code holds the anon_vma
@@ -571,26 +602,17 @@ fn caller_lock_held_around_start_is_ordered_before_the_map() {
     // driver holds the reservation and takes the anon_vma lock (get_user_pages faulting).
     // Before the fix the anon_vma -> map edge was weak (through the SRCU read section), so
     // the cycle anon_vma -> map -> reservation -> anon_vma was not reported.
-    let findings = Findings::isolated();
     let anon_vma_key = DynamicKey::new("anon_vma");
-    let resv_key = DynamicKey::new("reservation");
     let anon_vma = Mutex::new((), &anon_vma_key);
-    let resv = Arc::new(Mutex::new(0u64, &resv_key));
-    let mm = Mm::builder().diagnostics(findings.diagnostics()).build();
-    let _sub = mm.register(TakesInStart { lock: resv.clone() }).unwrap();
-    {
-        let _rmap = anon_vma.lock();
-        mm.invalidate_range_start(range()).end();
-    }
-    {
-        let _r = resv.lock();
-        let _a = anon_vma.lock();
-    }
-    let r: Vec<Report> = findings
-        .reports()
-        .into_iter()
-        .filter(|r| r.kind.is_cycle())
-        .collect();
+    let findings = caller_lock_inversion(
+        "reservation",
+        |invalidate| {
+            let _rmap = anon_vma.lock();
+            invalidate();
+        },
+        || drop(anon_vma.lock()),
+    );
+    let r = cycles_found(&findings);
     assert_eq!(r.len(), 1, "{}", findings.describe());
     assert!(
         r[0].involves(MAP) && r[0].involves("anon_vma") && r[0].involves("reservation"),
@@ -611,26 +633,17 @@ fn caller_lock_held_around_start_is_ordered_before_the_map() {
 fn caller_lock_to_map_is_strong_for_mmap_lock_too() {
     // The same with the mmap lock (a read-held rw_semaphore) around the start, and the driver
     // taking it for write under its own lock.
-    let findings = Findings::isolated();
     let mmap_key = DynamicKey::new("mmap_lock");
-    let drv_key = DynamicKey::new("driver_lock_mmap");
     let mmap_lock = lockdep::RwLock::new((), &mmap_key);
-    let drv = Arc::new(Mutex::new(0u64, &drv_key));
-    let mm = Mm::builder().diagnostics(findings.diagnostics()).build();
-    let _sub = mm.register(TakesInStart { lock: drv.clone() }).unwrap();
-    {
-        let _mmap = mmap_lock.read();
-        mm.invalidate_range_start(range()).end();
-    }
-    {
-        let _d = drv.lock();
-        let _w = mmap_lock.write();
-    }
-    let r: Vec<Report> = findings
-        .reports()
-        .into_iter()
-        .filter(|r| r.kind.is_cycle())
-        .collect();
+    let findings = caller_lock_inversion(
+        "driver_lock_mmap",
+        |invalidate| {
+            let _mmap = mmap_lock.read();
+            invalidate();
+        },
+        || drop(mmap_lock.write()),
+    );
+    let r = cycles_found(&findings);
     assert_eq!(r.len(), 1, "{}", findings.describe());
     assert!(r[0].involves(MAP) && r[0].involves("mmap_lock"), "{}", r[0]);
 }
@@ -664,11 +677,7 @@ fn map_then_callback_lock_is_strong() {
         let _g = mirror_lock.lock();
         might_alloc(Gfp::NOIO);
     }
-    let r: Vec<Report> = findings
-        .reports()
-        .into_iter()
-        .filter(|r| r.kind.is_cycle())
-        .collect();
+    let r = cycles_found(&findings);
     assert_eq!(r.len(), 2, "{}", findings.describe());
     assert!(r.iter().any(|r| r.involves("callback_lock")));
     assert!(r.iter().any(|r| r.involves("callback_lock_interval")));
