@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::primitive::RawMutex;
 
 /// Slots in the process-wide chain cache (the kernel's `MAX_LOCKDEP_CHAINS` is 65536).
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 const GLOBAL_CHAIN_CAPACITY: usize = 1 << 16;
 
 /// Slots in a [`Context`](crate::Context)'s chain cache.
@@ -103,7 +103,7 @@ impl Domain {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) fn global() -> &'static std::sync::Arc<Domain> {
     static GLOBAL: std::sync::OnceLock<std::sync::Arc<Domain>> = std::sync::OnceLock::new();
     GLOBAL.get_or_init(|| std::sync::Arc::new(Domain::new(GLOBAL_CHAIN_CAPACITY, true)))
@@ -114,7 +114,13 @@ loom::lazy_static! {
     static ref GLOBAL: std::sync::Arc<Domain> = std::sync::Arc::new(Domain::new(256, true));
 }
 
-#[cfg(loom)]
+#[cfg(all(shuttle, not(loom)))]
+shuttle::lazy_static! {
+    static ref GLOBAL: std::sync::Arc<Domain> = std::sync::Arc::new(Domain::new(256, true));
+}
+
+/// The process-wide domain; under a model checker, one per model execution.
+#[cfg(any(loom, shuttle))]
 pub(crate) fn global() -> &'static std::sync::Arc<Domain> {
     &GLOBAL
 }

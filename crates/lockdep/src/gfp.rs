@@ -130,9 +130,13 @@ const PF_MEMALLOC: u8 = 1;
 const PF_MEMALLOC_NOFS: u8 = 2;
 const PF_MEMALLOC_NOIO: u8 = 4;
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 std::thread_local! {
     static MEMALLOC: Cell<u8> = const { Cell::new(0) };
+}
+#[cfg(all(shuttle, not(loom)))]
+shuttle::thread_local! {
+    static MEMALLOC: Cell<u8> = Cell::new(0);
 }
 #[cfg(loom)]
 loom::thread_local! {

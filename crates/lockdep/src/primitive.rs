@@ -3,31 +3,43 @@
 //! Normal builds use `parking_lot` locks and `core` atomics. Under `--cfg loom` the same
 //! names resolve to loom's modelled types, so the model tests in `tests/loom_*.rs` exercise
 //! the real chain-cache and graph code, and the validated lock types block cooperatively
-//! instead of parking the one OS thread that runs every model thread.
+//! instead of parking the one OS thread that runs every model thread. Under `--cfg shuttle`
+//! (and not loom) they resolve to shuttle's, so a simulation built on this crate runs under
+//! shuttle's scheduler and replays one interleaving from a seed (`tests/shuttle_model.rs`).
+//! The task state (`task.rs`) and the allocation scopes (`gfp.rs`) follow: a task local of
+//! the model checker's, so each model thread is a task of its own.
 
-#[cfg(all(not(loom), feature = "enabled"))]
+#[cfg(all(not(any(loom, shuttle)), feature = "enabled"))]
 pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
 #[cfg(all(loom, feature = "enabled"))]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(all(shuttle, not(loom), feature = "enabled"))]
+pub(crate) use shuttle::sync::atomic::{AtomicU64, Ordering};
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use parking_lot::{
     Mutex as RawMutex, MutexGuard as RawMutexGuard, RwLock as RawRwLock,
     RwLockReadGuard as RawRwLockReadGuard, RwLockWriteGuard as RawRwLockWriteGuard,
 };
 
+#[cfg(any(loom, shuttle))]
+pub(crate) use self::model_shim::*;
+
+/// The model checker in use, if any.
 #[cfg(loom)]
-pub(crate) use self::loom_shim::*;
+use loom as model;
+#[cfg(all(shuttle, not(loom)))]
+use shuttle as model;
 
 /// Yield the processor inside a spin loop.
 #[inline]
 pub(crate) fn spin_yield(spins: u32) {
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     {
         let _ = spins;
-        loom::thread::yield_now();
+        model::thread::yield_now();
     }
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     {
         if spins < 64 {
             core::hint::spin_loop();
@@ -40,9 +52,9 @@ pub(crate) fn spin_yield(spins: u32) {
 /// The current thread's name, for reports.
 #[cfg(feature = "enabled")]
 pub(crate) fn current_thread_name() -> String {
-    #[cfg(loom)]
-    let t = loom::thread::current();
-    #[cfg(not(loom))]
+    #[cfg(any(loom, shuttle))]
+    let t = model::thread::current();
+    #[cfg(not(any(loom, shuttle)))]
     let t = std::thread::current();
     match t.name() {
         Some(n) => n.to_owned(),
@@ -50,21 +62,24 @@ pub(crate) fn current_thread_name() -> String {
     }
 }
 
-#[cfg(loom)]
-mod loom_shim {
-    //! parking_lot-shaped wrappers over loom's std-shaped locks (no poisoning, `Option` try).
+#[cfg(any(loom, shuttle))]
+mod model_shim {
+    //! parking_lot-shaped wrappers over the model checker's std-shaped locks (no poisoning,
+    //! `Option` try).
     use std::sync::PoisonError;
 
-    pub(crate) type RawMutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
-    pub(crate) type RawRwLockReadGuard<'a, T> = loom::sync::RwLockReadGuard<'a, T>;
-    pub(crate) type RawRwLockWriteGuard<'a, T> = loom::sync::RwLockWriteGuard<'a, T>;
+    use super::model;
+
+    pub(crate) type RawMutexGuard<'a, T> = model::sync::MutexGuard<'a, T>;
+    pub(crate) type RawRwLockReadGuard<'a, T> = model::sync::RwLockReadGuard<'a, T>;
+    pub(crate) type RawRwLockWriteGuard<'a, T> = model::sync::RwLockWriteGuard<'a, T>;
 
     #[derive(Debug)]
-    pub struct RawMutex<T>(pub(super) loom::sync::Mutex<T>);
+    pub struct RawMutex<T>(pub(super) model::sync::Mutex<T>);
 
     impl<T> RawMutex<T> {
         pub(crate) fn new(t: T) -> Self {
-            Self(loom::sync::Mutex::new(t))
+            Self(model::sync::Mutex::new(t))
         }
         pub(crate) fn lock(&self) -> RawMutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -81,11 +96,11 @@ mod loom_shim {
     }
 
     #[derive(Debug)]
-    pub struct RawRwLock<T>(loom::sync::RwLock<T>);
+    pub struct RawRwLock<T>(model::sync::RwLock<T>);
 
     impl<T> RawRwLock<T> {
         pub(crate) fn new(t: T) -> Self {
-            Self(loom::sync::RwLock::new(t))
+            Self(model::sync::RwLock::new(t))
         }
         pub(crate) fn read(&self) -> RawRwLockReadGuard<'_, T> {
             self.0.read().unwrap_or_else(PoisonError::into_inner)
@@ -115,26 +130,26 @@ mod loom_shim {
 /// returning the guard (so the loom version can be std-shaped underneath).
 #[derive(Debug, Default)]
 pub(crate) struct RawCondvar(
-    #[cfg(not(loom))] parking_lot::Condvar,
-    #[cfg(loom)] loom::sync::Condvar,
+    #[cfg(not(any(loom, shuttle)))] parking_lot::Condvar,
+    #[cfg(any(loom, shuttle))] model::sync::Condvar,
 );
 
 impl RawCondvar {
     pub(crate) fn new() -> Self {
-        #[cfg(not(loom))]
+        #[cfg(not(any(loom, shuttle)))]
         return Self(parking_lot::Condvar::new());
-        #[cfg(loom)]
-        return Self(loom::sync::Condvar::new());
+        #[cfg(any(loom, shuttle))]
+        return Self(model::sync::Condvar::new());
     }
 
     pub(crate) fn wait<'a, T>(&self, guard: RawMutexGuard<'a, T>) -> RawMutexGuard<'a, T> {
-        #[cfg(not(loom))]
+        #[cfg(not(any(loom, shuttle)))]
         {
             let mut guard = guard;
             self.0.wait(&mut guard);
             guard
         }
-        #[cfg(loom)]
+        #[cfg(any(loom, shuttle))]
         {
             self.0
                 .wait(guard)
