@@ -14,9 +14,11 @@ use mmu_notifier::{Event, Range};
 
 use crate::error::VmError;
 use crate::space::{mmf, Space};
+use crate::watchdog::Op;
 use crate::zap::Gather;
 
 pub(crate) fn exit_mmap(space: &Arc<Space>) -> Result<(), VmError> {
+    let _task = space.machine.enter(Op::ExitMmap, space.id(), 0);
     if space.set(mmf::EXITED) & mmf::EXITED != 0 {
         return Ok(());
     }

@@ -25,6 +25,7 @@ use crate::pte::{pte_index, Leaf, Pte, PAGE_SIZE};
 use crate::rmap::{CacheEntry, File};
 use crate::space::{Process, Space};
 use crate::vma::{prot_string, vm, Vma, VmaTree};
+use crate::watchdog::Op;
 
 /// `GFP_HIGHUSER_MOVABLE`, as user pages are allocated.
 pub(crate) const GFP_USER: Gfp = Gfp::KERNEL;
@@ -36,6 +37,7 @@ impl Process {
     /// Takes the mmap lock for read; may sleep and may enter direct reclaim.
     pub fn fault(&self, addr: u64, write: bool) -> Result<(), VmError> {
         let space = self.space();
+        let _task = space.machine.enter(Op::Fault, space.id(), addr);
         let vmas = space.mmap_lock.read();
         handle_fault(space, &vmas, addr, write).map(|_| ())
     }
@@ -44,6 +46,7 @@ impl Process {
     pub fn touch(&self, addr: u64, len: u64, write: bool) -> Result<(), VmError> {
         let end = crate::vma::check_range(addr, len)?;
         let space = self.space();
+        let _task = space.machine.enter(Op::Fault, space.id(), addr);
         let vmas = space.mmap_lock.read();
         let mut a = addr;
         while a < end {
@@ -71,6 +74,8 @@ impl Process {
         op: impl FnOnce(&crate::frame::Frame) -> R,
     ) -> Result<R, VmError> {
         let space = self.space();
+        let what = if write { Op::Write } else { Op::Read };
+        let _task = space.machine.enter(what, space.id(), addr);
         let vmas = space.mmap_lock.read();
         let page = addr & !(PAGE_SIZE - 1);
         let vma = vmas.find(page).ok_or(VmError::NoMapping(addr))?;

@@ -25,6 +25,7 @@ use crate::lru::LruKind;
 use crate::pte::{for_each_pte, pte_index, Pte};
 use crate::space::{Process, Space};
 use crate::vma::{vm, Vma};
+use crate::watchdog::Op;
 
 impl Process {
     /// `fork(2)`: a child process with a copy-on-write copy of this address space.
@@ -33,6 +34,7 @@ impl Process {
     /// Takes both mmap locks for write; may sleep and allocate (page tables, pinned-page copies).
     pub fn fork(&self) -> Result<Process, VmError> {
         let parent = self.space();
+        let _task = parent.machine.enter(Op::Fork, parent.id(), 0);
         parent.check_stable()?;
         let child = parent.machine().spawn();
         let cs = child.space().clone();

@@ -9,6 +9,7 @@ use crate::frame::Pfn;
 use crate::pte::{pte_index, PAGE_SIZE};
 use crate::space::Process;
 use crate::vma::check_range;
+use crate::watchdog::Op;
 
 /// One page as `hmm_range_fault` reports it (`HMM_PFN_VALID`, `HMM_PFN_WRITE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,7 @@ impl Process {
         let vmas = space.mmap_lock.read();
         let m = &space.machine;
         let mut pinned = Vec::new();
+        let _task = m.enter(Op::PinUserPages, space.id(), addr);
         let mut a = addr;
         let mut result = Ok(());
         'pages: while a < end {

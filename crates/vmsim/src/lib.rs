@@ -47,6 +47,7 @@ pub mod rmap;
 pub mod space;
 pub mod swap;
 pub mod vma;
+pub mod watchdog;
 mod zap;
 
 pub use error::VmError;
@@ -60,6 +61,7 @@ pub use oom::ReapReport;
 pub use reclaim::Shrinker;
 pub use space::{Process, Space};
 pub use vma::vm;
+pub use watchdog::{HungTask, Watchdog};
 
 /// The lowest address a mapping may use (`mmap_min_addr`).
 pub const MMAP_MIN_ADDR: u64 = 0x10000;

@@ -174,6 +174,10 @@ pub struct Inner {
     pub(crate) kswapd: crate::reclaim::KswapdHandle,
     pub(crate) next_mm: AtomicU64,
     pub(crate) oom_reports: std::sync::Mutex<Vec<crate::oom::ReapReport>>,
+    /// Every thread's operation slot, for the watchdog.
+    pub(crate) tasks: std::sync::Mutex<Vec<Weak<crate::watchdog::Slot>>>,
+    /// The watchdog's clock: periods elapsed since it started (0 without a watchdog).
+    pub(crate) watch_tick: AtomicU64,
     /// Errors found where they could not be returned; [`Machine::check`] reports them.
     pub(crate) late_errors: std::sync::Mutex<Vec<VmError>>,
     /// Owner of each device-private frame (`page->pgmap->owner`).
@@ -207,6 +211,8 @@ impl Machine {
             next_mm: AtomicU64::new(1),
             oom_reports: std::sync::Mutex::new(Vec::new()),
             late_errors: std::sync::Mutex::new(Vec::new()),
+            tasks: std::sync::Mutex::new(Vec::new()),
+            watch_tick: AtomicU64::new(0),
             device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
             shutdown: AtomicBool::new(false),
             config,
@@ -283,6 +289,7 @@ impl Machine {
     /// Reclaims up to `target` frames now, as kswapd would (`GFP_KERNEL` context). Returns the
     /// frames freed.
     pub fn reclaim(&self, target: usize) -> usize {
+        let _task = self.0.enter(crate::watchdog::Op::Reclaim, 0, target as u64);
         crate::reclaim::reclaim(&self.0, target, Gfp::KERNEL)
     }
 

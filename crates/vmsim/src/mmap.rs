@@ -19,6 +19,7 @@ use crate::pte::{for_each_pte, Pte, PAGE_SIZE};
 use crate::rmap::File;
 use crate::space::{Process, Space};
 use crate::vma::{check_range, vm, Backing, Vma, VmaTree};
+use crate::watchdog::Op;
 use crate::zap::Gather;
 
 /// What to map.
@@ -126,6 +127,9 @@ impl Process {
     /// them first (an [`Event::Unmap`] invalidation).
     pub fn mmap(&self, req: MapRequest) -> Result<u64, VmError> {
         let space = self.space();
+        let _task = space
+            .machine
+            .enter(Op::Mmap, space.id(), req.addr.unwrap_or(0));
         space.check_stable()?;
         if req.prot & !(vm::READ | vm::WRITE | vm::EXEC) != 0 {
             return Err(VmError::InvalidArgument(format!(
@@ -208,6 +212,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep (a blockable [`Event::Unmap`]).
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), VmError> {
         let space = self.space();
+        let _task = space.machine.enter(Op::Munmap, space.id(), addr);
         let end = check_range(addr, len)?;
         let mut vmas = space.mmap_lock.write();
         do_munmap(space, &mut vmas, addr, end)
@@ -221,6 +226,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep (a blockable [`Event::Unmap`] of the old range).
     pub fn mremap_move(&self, old: u64, len: u64, new: Option<u64>) -> Result<u64, VmError> {
         let space = self.space();
+        let _task = space.machine.enter(Op::Mremap, space.id(), old);
         let old_end = check_range(old, len)?;
         let len = old_end - old;
         let mut vmas = space.mmap_lock.write();

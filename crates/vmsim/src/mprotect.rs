@@ -12,6 +12,7 @@ use crate::error::VmError;
 use crate::pte::for_each_pte;
 use crate::space::Process;
 use crate::vma::{check_range, vm};
+use crate::watchdog::Op;
 
 impl Process {
     /// `mprotect(2)`: sets the protection of `[addr, addr + len)` to `prot`
@@ -22,6 +23,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep.
     pub fn mprotect(&self, addr: u64, len: u64, prot: u32) -> Result<(), VmError> {
         let space = self.space();
+        let _task = space.machine.enter(Op::Mprotect, space.id(), addr);
         if prot & !(vm::READ | vm::WRITE | vm::EXEC) != 0 {
             return Err(VmError::InvalidArgument(format!(
                 "protection {prot:#x} has bits other than READ|WRITE|EXEC"

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::watchdog::Op;
 use mmu_notifier::{Event, Range};
 
 use crate::machine::{Inner, Machine};
@@ -116,6 +117,7 @@ fn reap_once(space: &Space, report: &mut ReapReport) -> bool {
 /// `oom_reap_task`: up to `retries` attempts with `delay` between failures, then
 /// `MMF_OOM_SKIP`.
 pub(crate) fn oom_reap(space: &Space, retries: u32, delay: Duration) -> ReapReport {
+    let _task = space.machine.enter(Op::OomReap, space.id(), 0);
     let mut report = ReapReport {
         mm: space.id(),
         ..ReapReport::default()
