@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use lockdep::{static_lock_class, testing::Scope, Mutex, ReportKind};
+use lockdep::{scope::Scope, static_lock_class, Mutex, ReportKind};
 use mmu_notifier::{Capabilities, Mm, MmuNotifierOps, Range, WouldBlock};
 use vmsim::{Advice, Config, Machine, MapRequest};
 

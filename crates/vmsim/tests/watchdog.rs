@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockdep::{static_lock_class, testing::Scope, Mutex, ReportKind};
+use lockdep::{scope::Scope, static_lock_class, Mutex, ReportKind};
 use mmu_notifier::{Capabilities, MmuNotifierOps, Range, WouldBlock};
 use vmsim::{Advice, Config, Machine, MapRequest};
 
