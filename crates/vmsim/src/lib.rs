@@ -44,6 +44,7 @@ pub mod oom;
 pub mod pte;
 pub mod reclaim;
 pub mod rmap;
+mod rmap_walk;
 pub mod space;
 pub mod swap;
 pub mod vma;

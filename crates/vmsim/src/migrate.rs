@@ -27,6 +27,7 @@ use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
 use crate::machine::Inner;
 use crate::pte::{for_each_pte, pte_index, Leaf, Pte, PAGE_SIZE};
+use crate::rmap_walk::rmap_walk;
 use crate::space::{Process, Space};
 use crate::vma::check_range;
 
@@ -167,33 +168,21 @@ fn migrate_one(m: &Inner, pfn: Pfn) -> Result<Option<Pfn>, VmError> {
         }
     };
     let (owner, index) = f.mapping();
-    let Some(av) = m.anon_vma(owner) else {
+    // `try_to_migrate_one`: per mapping, a blockable Clear, then a migration entry.
+    let mut migrated: Vec<(crate::rmap::MmId, u64)> = Vec::new();
+    let filed = rmap_walk(m, pfn, Some(Event::Clear), |space, a, p| {
+        *p = Pte::migration(pfn, p.is_write());
+        space.rss.fetch_sub(1, Ordering::AcqRel);
+        if f.unmap().is_ok() {
+            migrated.push((space.id(), a));
+        }
+        true
+    });
+    if !filed {
         m.put_page(new)?;
         m.lru.putback(&m.pool, pfn, LruKind::Inactive)?;
         return Ok(None);
-    };
-    // `try_to_migrate_one`: per mapping, a blockable Clear, then a migration entry.
-    let mut migrated: Vec<(crate::rmap::MmId, u64)> = Vec::new();
-    av.mappers.walk(index, |mm, a| {
-        let Some(space) = m.space(mm) else { return };
-        let Ok(r) = range(a, a + PAGE_SIZE, Event::Clear) else {
-            return;
-        };
-        let guard = space.mm.invalidate_range_start(r);
-        if let Some(leaf) = space.pt.leaf(a) {
-            let mut ptes = leaf.ptl.lock();
-            let p = &mut ptes[pte_index(a)];
-            if p.is_present() && p.pfn() == Some(pfn) {
-                space.mm.arch_invalidate_secondary_tlbs(a, a + PAGE_SIZE);
-                *p = Pte::migration(pfn, p.is_write());
-                space.rss.fetch_sub(1, Ordering::AcqRel);
-                if f.unmap().is_ok() {
-                    migrated.push((mm, a));
-                }
-            }
-        }
-        drop(guard);
-    });
+    }
     for _ in &migrated {
         m.put_page(pfn)?; // the mappings' references
     }

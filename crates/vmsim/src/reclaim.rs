@@ -20,14 +20,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use lockdep::Gfp;
-use mmu_notifier::{Event, Range};
+use mmu_notifier::Event;
 
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
 use crate::machine::Inner;
-use crate::pte::{pte_index, Pte, PAGE_SIZE};
-use crate::rmap::{CacheEntry, MapperSet, MmId};
+use crate::pte::{Pte, PAGE_SIZE};
+use crate::rmap::CacheEntry;
+use crate::rmap_walk::rmap_walk;
 
 /// A cache that can give memory back under pressure (`struct shrinker`).
 pub trait Shrinker: Send + Sync {
@@ -125,50 +126,11 @@ pub(crate) fn reclaim(m: &Inner, target: usize, gfp: Gfp) -> usize {
     freed
 }
 
-fn mappers_of(m: &Inner, pfn: Pfn) -> Option<(Arc<dyn AsMappers>, u64)> {
-    let f = m.pool.get(pfn);
-    let (owner, index) = f.mapping();
-    if owner == 0 {
-        return None;
-    }
-    if f.test(flags::ANON) {
-        m.anon_vma(owner).map(|a| (a as Arc<dyn AsMappers>, index))
-    } else {
-        m.file(owner).map(|f| (f as Arc<dyn AsMappers>, index))
-    }
-}
-
-trait AsMappers: Send + Sync {
-    fn mappers(&self) -> &MapperSet;
-}
-impl AsMappers for crate::rmap::AnonVma {
-    fn mappers(&self) -> &MapperSet {
-        &self.mappers
-    }
-}
-impl AsMappers for crate::rmap::File {
-    fn mappers(&self) -> &MapperSet {
-        &self.i_mmap
-    }
-}
-
 /// `folio_referenced`: how many mappings of the page were used since the last look, by the
 /// primary (young bit, cleared) or by a secondary MMU (`clear_flush_young`).
 pub(crate) fn folio_referenced(m: &Inner, pfn: Pfn) -> usize {
-    let Some((owner, index)) = mappers_of(m, pfn) else {
-        return 0;
-    };
     let mut referenced = 0;
-    owner.mappers().walk(index, |mm, addr| {
-        let Some(space) = m.space(mm) else { return };
-        let Some(leaf) = space.pt.leaf(addr) else {
-            return;
-        };
-        let mut ptes = leaf.ptl.lock();
-        let pte = &mut ptes[pte_index(addr)];
-        if !pte.is_present() || pte.pfn() != Some(pfn) {
-            return;
-        }
+    rmap_walk(m, pfn, None, |space, addr, pte| {
         let young = pte.is_young();
         *pte = pte.mkold();
         // `ptep_clear_flush_young_notify`: the secondaries are asked under the PTL.
@@ -176,6 +138,7 @@ pub(crate) fn folio_referenced(m: &Inner, pfn: Pfn) -> usize {
         if young || secondary {
             referenced += 1;
         }
+        false
     });
     referenced
 }
@@ -186,62 +149,33 @@ pub(crate) fn folio_referenced(m: &Inner, pfn: Pfn) -> usize {
 fn try_to_unmap(m: &Inner, pfn: Pfn, slot: Option<u32>) -> Result<(usize, bool), VmError> {
     let f = m.pool.get(pfn);
     let mut removed = 0;
-    let Some((owner, index)) = mappers_of(m, pfn) else {
-        // Nothing maps it any more (its last mapping went while it was isolated).
-        if let Some(s) = slot {
-            m.swap.free(s)?;
-        }
-        return Ok((0, f.mapcount() == 0));
-    };
     let mut err = Ok(());
-    let mut visited: Vec<(MmId, u64)> = Vec::new();
-    owner.mappers().walk(index, |mm, addr| {
-        if visited.contains(&(mm, addr)) {
-            return;
+    rmap_walk(m, pfn, Some(Event::Clear), |space, _addr, pte| {
+        if pte.is_dirty() {
+            f.set(flags::DIRTY);
         }
-        visited.push((mm, addr));
-        let Some(space) = m.space(mm) else { return };
-        let Ok(range) = Range::new(addr, addr + PAGE_SIZE, Event::Clear) else {
-            return;
-        };
-        // `try_to_unmap_one`: mmu_notifier_range_init(MMU_NOTIFY_CLEAR, ...), blockable.
-        let guard = space.mm.invalidate_range_start(range);
-        if let Some(leaf) = space.pt.leaf(addr) {
-            let mut ptes = leaf.ptl.lock();
-            let pte = &mut ptes[pte_index(addr)];
-            if pte.is_present() && pte.pfn() == Some(pfn) {
-                // `ptep_clear_flush`: the TLB flush with its secondary hook, under the PTL.
-                space
-                    .mm
-                    .arch_invalidate_secondary_tlbs(addr, addr + PAGE_SIZE);
-                if pte.is_dirty() {
-                    f.set(flags::DIRTY);
-                }
-                *pte = match slot {
-                    Some(s) => {
-                        if removed > 0 {
-                            if let Err(e) = m.swap.dup(s) {
-                                err = Err(e);
-                            }
-                        }
-                        Pte::swap(s)
+        *pte = match slot {
+            Some(s) => {
+                if removed > 0 {
+                    if let Err(e) = m.swap.dup(s) {
+                        err = Err(e);
                     }
-                    None => Pte::NONE,
-                };
-                space.rss.fetch_sub(1, Ordering::AcqRel);
-                match f.unmap() {
-                    Ok(_) => removed += 1,
-                    Err(e) => err = Err(e),
                 }
+                Pte::swap(s)
             }
+            None => Pte::NONE,
+        };
+        space.rss.fetch_sub(1, Ordering::AcqRel);
+        match f.unmap() {
+            Ok(_) => removed += 1,
+            Err(e) => err = Err(e),
         }
-        drop(guard);
+        true
     });
     err?;
-    if let Some(s) = slot {
-        if removed == 0 {
-            m.swap.free(s)?;
-        }
+    if let Some(s) = slot.filter(|_| removed == 0) {
+        // Nothing mapped it any more (its last mapping went while it was isolated).
+        m.swap.free(s)?;
     }
     for _ in 0..removed {
         m.put_page(pfn)?;
