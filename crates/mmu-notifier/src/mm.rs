@@ -348,6 +348,14 @@ impl Subscriptions {
     pub(crate) fn synchronize(&self, srcu: &Srcu) {
         let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
         srcu.synchronize();
+        // With the grace period broken on purpose (model tests), keep what a reader may still
+        // be walking until the address space itself goes, rather than free it: the model must
+        // fail on the protocol, not on a use-after-free it cannot see.
+        #[cfg(mmn_broken = "skip_grace_period")]
+        lock_as(&self.list_lock, ContractLock::List)
+            .retired
+            .extend(batch);
+        #[cfg(not(mmn_broken = "skip_grace_period"))]
         drop(batch);
     }
 
@@ -957,6 +965,13 @@ impl Mm {
         if subs.has_itree.load(SeqCst) {
             subs.itree_invalidate(range)?;
             itree_active = true;
+            // A deliberately broken protocol for the model tests (tests/loom_protocols.rs):
+            // the epoch ends before the primary has changed anything.
+            #[cfg(mmn_broken = "end_before_start")]
+            {
+                subs.itree_inv_end();
+                itree_active = false;
+            }
         }
         let list = subs.list_ptr();
         // SAFETY: loaded inside the read section `token`, which is held until the list is no
@@ -992,7 +1007,9 @@ impl Mm {
             }
         }
         if failed {
-            if subs.profile == Profile::Current {
+            // `mmn_broken = "skip_pairing"`: the pre-5.12 bug under the current profile, for
+            // the model tests.
+            if subs.profile == Profile::Current && cfg!(not(mmn_broken = "skip_pairing")) {
                 // Every subscriber with an end had a start that cannot fail, so these are
                 // exactly the ones whose start succeeded. Not inside non_block, as in Linux.
                 for s in subscribers {

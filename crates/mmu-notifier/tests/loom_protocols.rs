@@ -1,6 +1,23 @@
 //! Model tests (loom) of the contract's concurrency protocols, over the crate's real code.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p mmu-notifier --release --test loom_protocols`
+//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p mmu-notifier --release
+//! --test loom_protocols -- --nocapture` (each model prints how many executions it explored).
+//!
+//! # Models that can fail
+//!
+//! Each model is shown to catch the bug its name is about: built with
+//! `--cfg mmn_broken="…"`, the crate (or, for `skip_set_seq`, the model's driver) runs a
+//! deliberately broken protocol, and the models that must catch it are then expected to fail
+//! (`should_panic`):
+//!
+//! | `mmn_broken` | what is broken | models that must fail |
+//! |---|---|---|
+//! | `skip_set_seq` | the driver's callback does not record the sequence | every model with a reader: sequence protocol, several invalidators, deferred insert, insert/remove racing, first subscription |
+//! | `end_before_start` | the interval epoch ends as soon as the callbacks ran, before the primary's change | the same five |
+//! | `skip_grace_period` | unregister and registration do not wait for readers | unregister, release racing unregister and a callback, first subscription |
+//! | `skip_pairing` | a refused non-blockable start ends nobody (the pre-5.12 bug) | pairing on refusal |
+//!
+//! `.ci/run` builds each variant and runs exactly those models.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -19,12 +36,22 @@ fn big<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::Joi
     thread::Builder::new().stack_size(STACK).spawn(f).unwrap()
 }
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
+/// Explores every execution of `f` (within the preemption bound) and prints how many there
+/// were.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
     let f = std::sync::Arc::new(f);
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = runs.clone();
     loom::model(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = f.clone();
         big(move || f()).join().unwrap();
     });
+    eprintln!(
+        "loom model {name}: {} executions (LOOM_MAX_PREEMPTIONS={})",
+        runs.load(std::sync::atomic::Ordering::Relaxed),
+        std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "unbounded".into())
+    );
 }
 
 fn range(start: u64, end: u64) -> Range {
@@ -44,7 +71,10 @@ impl IntervalNotifierOps for DevRef {
             "callback after remove returned"
         );
         let mut pt = self.0.pt.lock().unwrap();
+        #[cfg(not(mmn_broken = "skip_set_seq"))]
         iv.set_seq(cur_seq);
+        #[cfg(mmn_broken = "skip_set_seq")]
+        let _ = cur_seq;
         *pt = None;
         true
     }
@@ -69,59 +99,100 @@ fn fault(iv: &Interval, dev: &Dev, gen: &AtomicU64) -> bool {
     true
 }
 
+/// Whether the device's translation is stale: it holds a generation older than the current
+/// one (it may be empty, or current).
+fn assert_fresh(d: &Dev, gen: &AtomicU64) {
+    let pt = *d.pt.lock().unwrap();
+    assert!(
+        pt.is_none() || pt == Some(gen.load(SeqCst)),
+        "stale translation: {pt:?}, generation {}",
+        gen.load(SeqCst)
+    );
+}
+
+/// One invalidation of `[start, end)`: start, change the primary (a new generation), end.
+fn invalidate(mm: &Mm, gen: &AtomicU64, start: u64, end: u64) {
+    let g = mm.invalidate_range_start(range(start, end));
+    gen.fetch_add(1, SeqCst);
+    drop(g);
+}
+
 #[test]
+#[cfg_attr(
+    any(mmn_broken = "skip_set_seq", mmn_broken = "end_before_start"),
+    should_panic
+)]
 fn sequence_protocol_never_leaves_a_stale_translation() {
-    model(|| {
+    model("sequence_protocol", || {
         let mm = Mm::new();
         let gen = Arc::new(AtomicU64::new(0));
         let d = dev();
-        let iv = Arc::new(
-            mm.interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
-                .unwrap(),
-        );
+        let iv = mm
+            .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
+            .unwrap();
         let (mm2, gen2) = (mm.clone(), gen.clone());
-        let inv = big(move || {
-            let g = mm2.invalidate_range_start(range(0x1000, 0x2000));
-            gen2.fetch_add(1, SeqCst);
-            drop(g);
-        });
+        let inv = big(move || invalidate(&mm2, &gen2, 0x1000, 0x2000));
         fault(&iv, &d, &gen);
         inv.join().unwrap();
-        let pt = *d.pt.lock().unwrap();
-        assert!(
-            pt.is_none() || pt == Some(gen.load(SeqCst)),
-            "stale: {pt:?}"
-        );
+        assert_fresh(&d, &gen);
         let st = mm.interval_state().unwrap();
         assert_eq!((st.active, st.seq % 2, st.deferred), (0, 0, 0));
     });
 }
 
 #[test]
+#[cfg_attr(
+    any(mmn_broken = "skip_set_seq", mmn_broken = "end_before_start"),
+    should_panic
+)]
+fn several_invalidators_and_two_faults_never_leave_a_stale_translation() {
+    // Two primaries invalidating overlapping ranges, each with its own epoch share, against a
+    // device faulting twice: the epoch must stay odd until the last of them ends.
+    model("several_invalidators", || {
+        let mm = Mm::new();
+        let gen = Arc::new(AtomicU64::new(0));
+        let d = dev();
+        let iv = mm
+            .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
+            .unwrap();
+        let spawn = |start: u64, end: u64| {
+            let (mm, gen) = (mm.clone(), gen.clone());
+            big(move || invalidate(&mm, &gen, start, end))
+        };
+        let a = spawn(0x1000, 0x2000);
+        let b = spawn(0x0, 0x3000);
+        for _ in 0..2 {
+            fault(&iv, &d, &gen);
+        }
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_fresh(&d, &gen);
+        let st = mm.interval_state().unwrap();
+        assert_eq!((st.active, st.seq % 2, st.deferred), (0, 0, 0));
+    });
+}
+
+#[test]
+#[cfg_attr(
+    any(mmn_broken = "skip_set_seq", mmn_broken = "end_before_start"),
+    should_panic
+)]
 fn insert_during_an_epoch_is_deferred_and_its_first_reader_is_safe() {
-    model(|| {
+    model("deferred_insert", || {
         let mm = Mm::new();
         let gen = Arc::new(AtomicU64::new(0));
         let _x = mm
             .interval_notifier_insert(0x1000, 0x1000, DevRef(dev()))
             .unwrap();
         let (mm2, gen2) = (mm.clone(), gen.clone());
-        let inv = big(move || {
-            let g = mm2.invalidate_range_start(range(0x1000, 0x3000));
-            gen2.fetch_add(1, SeqCst);
-            drop(g);
-        });
+        let inv = big(move || invalidate(&mm2, &gen2, 0x1000, 0x3000));
         let d = dev();
         let y = mm
             .interval_notifier_insert(0x2000, 0x1000, DevRef(d.clone()))
             .unwrap();
         fault(&y, &d, &gen);
         inv.join().unwrap();
-        let pt = *d.pt.lock().unwrap();
-        assert!(
-            pt.is_none() || pt == Some(gen.load(SeqCst)),
-            "stale: {pt:?}"
-        );
+        assert_fresh(&d, &gen);
         let st = mm.interval_state().unwrap();
         assert_eq!((st.active, st.deferred, st.intervals), (0, 0, 2));
     });
@@ -129,21 +200,84 @@ fn insert_during_an_epoch_is_deferred_and_its_first_reader_is_safe() {
 
 #[test]
 fn remove_returns_only_after_the_last_callback() {
-    model(|| {
+    // Two invalidations in flight: remove must outwait both.
+    model("remove_after_last_callback", || {
         let mm = Mm::new();
         let d = dev();
         let x = mm
             .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
             .unwrap();
-        let mm2 = mm.clone();
-        let inv = big(move || {
-            drop(mm2.invalidate_range_start(range(0x1000, 0x2000)));
-        });
+        let spawn = |start: u64| {
+            let mm = mm.clone();
+            big(move || drop(mm.invalidate_range_start(range(start, start + 0x1000))))
+        };
+        let a = spawn(0x1000);
+        let b = spawn(0x1000);
         x.remove().unwrap();
         d.removed.store(true, SeqCst);
-        inv.join().unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
         let st = mm.interval_state().unwrap();
         assert_eq!((st.active, st.deferred, st.intervals), (0, 0, 0));
+    });
+}
+
+#[test]
+#[cfg_attr(
+    any(mmn_broken = "skip_set_seq", mmn_broken = "end_before_start"),
+    should_panic
+)]
+fn insert_and_remove_racing_an_invalidation_keep_the_tree_and_readers_right() {
+    // One thread inserts a new interval and then removes another, while an invalidation
+    // covering all of them runs: the insert may be deferred, the remove may have to wait, and
+    // the new interval's first reader must not publish a stale translation.
+    model("insert_remove_vs_invalidation", || {
+        let mm = Mm::new();
+        let gen = Arc::new(AtomicU64::new(0));
+        let old = dev();
+        let x = mm
+            .interval_notifier_insert(0x1000, 0x1000, DevRef(old.clone()))
+            .unwrap();
+        let (mm2, gen2) = (mm.clone(), gen.clone());
+        let inv = big(move || invalidate(&mm2, &gen2, 0x0, 0x4000));
+        let d = dev();
+        let y = mm
+            .interval_notifier_insert(0x2000, 0x1000, DevRef(d.clone()))
+            .unwrap();
+        x.remove().unwrap();
+        old.removed.store(true, SeqCst);
+        fault(&y, &d, &gen);
+        inv.join().unwrap();
+        assert_fresh(&d, &gen);
+        let st = mm.interval_state().unwrap();
+        assert_eq!((st.active, st.deferred, st.intervals), (0, 0, 1));
+    });
+}
+
+#[test]
+#[cfg_attr(
+    any(
+        mmn_broken = "skip_grace_period",
+        mmn_broken = "skip_set_seq",
+        mmn_broken = "end_before_start"
+    ),
+    should_panic
+)]
+fn the_first_subscription_waits_for_an_invalidation_begun_unsubscribed() {
+    // The hole of issue 8: an invalidation begun while nothing was subscribed, against the
+    // first insert and its reader.
+    model("first_subscription", || {
+        let mm = Mm::new();
+        let gen = Arc::new(AtomicU64::new(0));
+        let (mm2, gen2) = (mm.clone(), gen.clone());
+        let inv = big(move || invalidate(&mm2, &gen2, 0x1000, 0x2000));
+        let d = dev();
+        let y = mm
+            .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
+            .unwrap();
+        fault(&y, &d, &gen);
+        inv.join().unwrap();
+        assert_fresh(&d, &gen);
     });
 }
 
@@ -182,71 +316,103 @@ fn watch() -> Arc<Watch> {
 }
 
 #[test]
+#[cfg_attr(mmn_broken = "skip_grace_period", should_panic)]
 fn unregister_waits_for_in_flight_callbacks() {
-    model(|| {
+    // Two invalidators, one of them invalidating twice.
+    model("unregister", || {
         let mm = Mm::new();
         let w = watch();
         let s = mm.register(WatchRef(w.clone())).unwrap();
-        let mm2 = mm.clone();
-        let inv = big(move || {
-            drop(mm2.invalidate_range_start(range(0, 0x1000)));
-        });
+        let spawn = |n: usize| {
+            let mm = mm.clone();
+            big(move || {
+                for _ in 0..n {
+                    drop(mm.invalidate_range_start(range(0, 0x1000)));
+                }
+            })
+        };
+        let a = spawn(2);
+        let b = spawn(1);
         s.unregister().unwrap();
         w.gone.store(true, SeqCst);
-        inv.join().unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
         assert_eq!(w.in_progress.load(SeqCst), 0, "start and end stayed paired");
         assert_eq!(w.releases.load(SeqCst), 1);
     });
 }
 
 #[test]
-fn release_and_unregister_call_release_exactly_once() {
-    model(|| {
+#[cfg_attr(mmn_broken = "skip_grace_period", should_panic)]
+fn release_racing_unregister_and_a_callback_calls_release_exactly_once() {
+    // exit_mmap, unregister and an invalidation at once: release runs exactly once, every
+    // start the subscriber saw is ended, and no callback runs after unregister returned.
+    model("release_vs_unregister_vs_callback", || {
         let mm = Mm::new();
         let w = watch();
         let s = mm.register(WatchRef(w.clone())).unwrap();
         let mm2 = mm.clone();
         let exit = big(move || mm2.release());
+        let mm3 = mm.clone();
+        let inv = big(move || drop(mm3.invalidate_range_start(range(0, 0x1000))));
         s.unregister().unwrap();
+        w.gone.store(true, SeqCst);
         exit.join().unwrap();
+        inv.join().unwrap();
         assert_eq!(w.releases.load(SeqCst), 1);
+        assert_eq!(w.in_progress.load(SeqCst), 0, "start and end stayed paired");
     });
 }
 
-struct Try(Arc<Mutex<()>>);
+/// A subscriber whose non-blockable start refuses while its lock is busy (the `try_lock`
+/// of seed 004's "B", reduced to the lock's state: loom does not explore a `try_lock` against
+/// another thread's lock-unlock, but it does explore these atomics).
+struct Try(Arc<AtomicBool>);
 impl MmuNotifierOps for Try {
     fn capabilities(&self) -> Capabilities {
         Capabilities::INVALIDATE_RANGE_START | Capabilities::START_CAN_FAIL
     }
     fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
-        if r.is_blockable() {
-            drop(self.0.lock().unwrap());
-            return Ok(());
+        if !r.is_blockable() && self.0.load(SeqCst) {
+            return Err(WouldBlock);
         }
-        self.0.try_lock().map(drop).map_err(|_| WouldBlock)
+        Ok(())
     }
 }
 
 #[test]
+#[cfg_attr(mmn_broken = "skip_pairing", should_panic)]
 fn a_refused_nonblocking_start_ends_every_successful_start() {
-    model(|| {
+    model("pairing_on_refusal", || {
         let mm = Mm::new();
         let w = watch();
-        let lock = Arc::new(Mutex::new(()));
+        let busy = Arc::new(AtomicBool::new(false));
         let _a = mm.register(WatchRef(w.clone())).unwrap();
-        let _b = mm.register(Try(lock.clone())).unwrap();
-        let l2 = lock.clone();
-        let holder = big(move || drop(l2.lock().unwrap()));
-        let ok = match mm.invalidate_range_start_nonblock(range(0, 0x1000)) {
-            Ok(g) => {
-                assert_eq!(w.in_progress.load(SeqCst), 1);
-                drop(g);
-                true
+        let _b = mm.register(Try(busy.clone())).unwrap();
+        let b2 = busy.clone();
+        // Another thread holds the subscriber's lock for a while.
+        let holder = big(move || {
+            b2.store(true, SeqCst);
+            b2.store(false, SeqCst);
+        });
+        // The OOM reaper: a non-blockable attempt, then a retry.
+        for _ in 0..2 {
+            match mm.invalidate_range_start_nonblock(range(0, 0x1000)) {
+                Ok(g) => {
+                    assert_eq!(w.in_progress.load(SeqCst), 1);
+                    drop(g);
+                }
+                Err(WouldBlock) => {
+                    REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            Err(WouldBlock) => false,
-        };
+        }
         holder.join().unwrap();
-        let _ = ok;
         assert_eq!(w.in_progress.load(SeqCst), 0, "unpaired start");
     });
+    // The model must have explored a refusal, or it proved nothing about pairing.
+    assert!(REFUSED.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+/// Refused starts seen over all executions of the pairing model.
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
