@@ -13,7 +13,7 @@
 //! Deviation: a read fault on anonymous memory allocates a page instead of mapping the shared
 //! zero page (so a later write does not need a copy and fires no `Clear`).
 
-use std::sync::atomic::Ordering;
+use crate::primitive::Ordering;
 
 use lockdep::Gfp;
 use mmu_notifier::{Event, Range};
@@ -146,7 +146,7 @@ pub(crate) fn handle_fault(
             crate::migrate::migrate_to_ram(space, &leaf, page, pte)?;
         } else if pte.is_migration() {
             // `migration_entry_wait`: the page is moving; wait for the move to finish.
-            std::thread::yield_now();
+            crate::primitive::thread::yield_now();
         } else if write && !pte.is_write() {
             if vma.is_shared() {
                 // `wp_page_shared`: a shared page only needs its write bit (dirty tracking).

@@ -14,7 +14,7 @@
 //! once instead of shared (`copy_present_page`, `folio_needs_cow_for_dma`), so the parent keeps
 //! writing to the frame the device was given.
 
-use std::sync::atomic::Ordering;
+use crate::primitive::Ordering;
 
 use mmu_notifier::{Event, Range};
 

@@ -18,7 +18,7 @@
 //!
 //! Metadata is 48 bytes a frame (checked by a test), under Linux's 64.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::VmError;
 

@@ -41,6 +41,7 @@ pub mod migrate;
 pub mod mmap;
 pub mod mprotect;
 pub mod oom;
+mod primitive;
 pub mod pte;
 pub mod reclaim;
 pub mod rmap;

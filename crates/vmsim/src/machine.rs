@@ -9,8 +9,8 @@
 //! notifier callback runs inside whatever locks the allocator holds: seed 000), and finally
 //! invokes the OOM killer.
 
+use crate::primitive::{AtomicBool, AtomicU64, Ordering};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -173,13 +173,13 @@ pub struct Inner {
     pub(crate) counters: Counters,
     pub(crate) kswapd: crate::reclaim::KswapdHandle,
     pub(crate) next_mm: AtomicU64,
-    pub(crate) oom_reports: std::sync::Mutex<Vec<crate::oom::ReapReport>>,
+    pub(crate) oom_reports: crate::primitive::Mutex<Vec<crate::oom::ReapReport>>,
     /// Every thread's operation slot, for the watchdog.
-    pub(crate) tasks: std::sync::Mutex<Vec<Weak<crate::watchdog::Slot>>>,
+    pub(crate) tasks: crate::primitive::Mutex<Vec<Weak<crate::watchdog::Slot>>>,
     /// The watchdog's clock: periods elapsed since it started (0 without a watchdog).
     pub(crate) watch_tick: AtomicU64,
     /// Errors found where they could not be returned; [`Machine::check`] reports them.
-    pub(crate) late_errors: std::sync::Mutex<Vec<VmError>>,
+    pub(crate) late_errors: crate::primitive::Mutex<Vec<VmError>>,
     /// Owner of each device-private frame (`page->pgmap->owner`).
     pub(crate) device_owner: lockdep::SpinLock<HashMap<u32, u64>>,
     pub(crate) shutdown: AtomicBool,
@@ -209,9 +209,9 @@ impl Machine {
             counters: Counters::default(),
             kswapd: crate::reclaim::KswapdHandle::default(),
             next_mm: AtomicU64::new(1),
-            oom_reports: std::sync::Mutex::new(Vec::new()),
-            late_errors: std::sync::Mutex::new(Vec::new()),
-            tasks: std::sync::Mutex::new(Vec::new()),
+            oom_reports: crate::primitive::Mutex::new(Vec::new()),
+            late_errors: crate::primitive::Mutex::new(Vec::new()),
+            tasks: crate::primitive::Mutex::new(Vec::new()),
             watch_tick: AtomicU64::new(0),
             device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
             shutdown: AtomicBool::new(false),

@@ -17,7 +17,7 @@
 //! Pinned pages are never migrated (`folio_maybe_dma_pinned` makes `migrate_vma_collect` and
 //! `migrate_pages` skip them). Only anonymous private pages are migrated here.
 
-use std::sync::atomic::Ordering;
+use crate::primitive::Ordering;
 
 use mmu_notifier::{Event, Owner, Range};
 

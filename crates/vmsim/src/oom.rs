@@ -15,7 +15,7 @@
 //!   so VMAs reaped before are notified again; after the last failure it reports
 //!   "oom_reaper: unable to reap"; either way it sets `MMF_OOM_SKIP`.
 
-use std::sync::atomic::Ordering;
+use crate::primitive::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,7 +129,7 @@ pub(crate) fn oom_reap(space: &Space, retries: u32, delay: Duration) -> ReapRepo
             space.set(mmf::OOM_SKIP);
             return report;
         }
-        std::thread::sleep(delay);
+        crate::primitive::thread::sleep(delay);
     }
     report.gave_up = !space.test(mmf::OOM_SKIP);
     space.set(mmf::OOM_SKIP);
@@ -148,9 +148,9 @@ pub(crate) fn out_of_memory(m: &Inner) -> bool {
     victim.set(mmf::OOM_VICTIM);
     m.counters.oom_kills.fetch_add(1, Ordering::Relaxed);
     let (retries, delay) = (m.config.oom_reap_retries, m.config.oom_reap_delay);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::primitive::mpsc::channel();
     let reaper_victim: Arc<Space> = victim.clone();
-    let spawned = std::thread::Builder::new()
+    let spawned = crate::primitive::thread::Builder::new()
         .name("oom_reaper".into())
         .spawn(move || {
             let report = oom_reap(&reaper_victim, retries, delay);

@@ -15,9 +15,11 @@
 //! Reclaim runs with `PF_MEMALLOC` set ([`in_reclaim`]): its own allocations never recurse into
 //! reclaim, and may use the reserve below the min watermark.
 
+use crate::primitive::Ordering;
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use crate::primitive::{thread, thread_local, Condvar, Mutex};
 
 use lockdep::Gfp;
 use mmu_notifier::Event;
@@ -42,7 +44,7 @@ pub trait Shrinker: Send + Sync {
 }
 
 thread_local! {
-    static MEMALLOC: Cell<u32> = const { Cell::new(0) };
+    static MEMALLOC: Cell<u32> = Cell::new(0);
 }
 
 /// Whether this thread is inside reclaim (`current->flags & PF_MEMALLOC`).
@@ -322,7 +324,7 @@ impl KswapdState {
 #[derive(Default)]
 pub(crate) struct KswapdHandle {
     state: Arc<KswapdState>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl KswapdHandle {
@@ -342,7 +344,7 @@ impl KswapdHandle {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             // The machine's last handle may be dropped by kswapd itself: never join oneself.
-            if h.thread().id() != std::thread::current().id() {
+            if h.thread().id() != thread::current().id() {
                 let _ = h.join();
             }
         }
@@ -352,7 +354,7 @@ impl KswapdHandle {
 pub(crate) fn start_kswapd(m: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(m);
     let state = m.kswapd.state.clone();
-    let spawned = std::thread::Builder::new()
+    let spawned = thread::Builder::new()
         .name("kswapd0".into())
         .spawn(move || kswapd(weak, state));
     if let Ok(h) = spawned {

@@ -13,8 +13,8 @@
 //! `mapping->i_mmap_rwsem`). A page with index `i` is mapped in an entry at
 //! `start + (i - pgoff) * PAGE_SIZE` when that falls inside the entry (`vma_address`).
 
+use crate::primitive::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::frame::Pfn;
 use crate::pte::PAGE_SIZE;
@@ -153,7 +153,9 @@ static I_PAGES_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mappin
 
 static DISK_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("vmsim disk");
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Ids are plain counters, not part of any protocol: a `std` atomic even under shuttle, whose
+/// atomics must not outlive one execution.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn next_id() -> u32 {
     // Ids are u32 so a frame can name its owner in 4 bytes; 4 billion anon_vmas and files per

@@ -8,7 +8,7 @@
 //! `mmgrab`): it keeps the structure alive — reclaim and the OOM reaper hold one — but not the
 //! mappings.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::primitive::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mmu_notifier::Mm;

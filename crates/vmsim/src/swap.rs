@@ -95,7 +95,7 @@ impl Swap {
                     }
                 }
             }
-            std::thread::yield_now();
+            crate::primitive::thread::yield_now();
         }
     }
 

@@ -8,9 +8,11 @@
 //! drivers and scenarios mark their own sections (an ioctl, a device fault) the same way.
 //! Nesting keeps the outermost operation and its start time.
 
+use crate::primitive::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use crate::primitive::{thread, thread_local, Mutex};
 use std::time::Duration;
 
 use crate::machine::{Inner, Machine};
@@ -90,7 +92,7 @@ pub(crate) struct Slot {
 }
 
 thread_local! {
-    static SLOTS: RefCell<Vec<(Weak<Inner>, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Vec<(Weak<Inner>, Arc<Slot>)>> = RefCell::new(Vec::new());
 }
 
 /// Marks the calling thread busy in an operation until dropped.
@@ -120,7 +122,7 @@ impl Inner {
                 return s.clone();
             }
             slots.retain(|(w, _)| w.strong_count() > 0);
-            let t = std::thread::current();
+            let t = thread::current();
             let s = Arc::new(Slot {
                 thread: t
                     .name()
@@ -188,7 +190,7 @@ impl std::fmt::Display for HungTask {
 pub struct Watchdog {
     stop: Arc<AtomicBool>,
     reports: Arc<Mutex<Vec<HungTask>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
@@ -207,7 +209,7 @@ impl Watchdog {
             if let Some(r) = self.reports().into_iter().next() {
                 return Some(r);
             }
-            std::thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(5));
         }
         None
     }
@@ -242,11 +244,11 @@ impl Machine {
         let weak = Arc::downgrade(&self.0);
         let (s2, r2) = (stop.clone(), reports.clone());
         let period = (timeout / 4).max(Duration::from_millis(1));
-        let thread = std::thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("khungtaskd".into())
             .spawn(move || {
                 while !s2.load(std::sync::atomic::Ordering::Acquire) {
-                    std::thread::sleep(period);
+                    thread::sleep(period);
                     let Some(m) = weak.upgrade() else { return };
                     let now = m.watch_tick.fetch_add(1, Relaxed) + 1;
                     let slots: Vec<Arc<Slot>> = {

@@ -5,7 +5,7 @@
 //! The order is the point: a frame is freed only after the notifier's end and the TLB flush, so
 //! a secondary MMU that obeyed the contract can never touch a frame that has been reused.
 
-use std::sync::atomic::Ordering;
+use crate::primitive::Ordering;
 
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
