@@ -44,7 +44,7 @@ pub trait Shrinker: Send + Sync {
 }
 
 thread_local! {
-    static MEMALLOC: Cell<u32> = Cell::new(0);
+    static MEMALLOC: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether this thread is inside reclaim (`current->flags & PF_MEMALLOC`).

@@ -92,7 +92,7 @@ pub(crate) struct Slot {
 }
 
 thread_local! {
-    static SLOTS: RefCell<Vec<(Weak<Inner>, Arc<Slot>)>> = RefCell::new(Vec::new());
+    static SLOTS: RefCell<Vec<(Weak<Inner>, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks the calling thread busy in an operation until dropped.
