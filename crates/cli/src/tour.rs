@@ -106,7 +106,9 @@ pub(crate) enum Step {
     /// the pre-5.12 bug.
     #[value(name = "seed004-pairing")]
     Seed004Pairing,
-    /// Reference §1.7: after a refused non-blocking start the interval epoch is closed too.
+    /// After a list subscriber refuses a non-blocking start, the interval epoch that
+    /// `mn_itree_invalidate` opened is closed too (`__mmu_notifier_invalidate_range_start` in
+    /// `mm/mmu_notifier.c` returns `-EAGAIN` without `mn_itree_inv_end`).
     #[value(name = "epoch-hole")]
     EpochHole,
     /// Seed 001: a driver lock taken in a notifier and held across an allocation.
@@ -174,7 +176,9 @@ impl Step {
             Step::EpochHole => {
                 "The same refusal with an interval subscriber present: the interval epoch that \
                  the refused invalidation opened must be closed as well, or read_begin, insert \
-                 and remove wait forever (Linux still leaves it open: reference §1.7)."
+                 and remove wait forever (Linux still leaves it open: \
+                 __mmu_notifier_invalidate_range_start in mm/mmu_notifier.c returns -EAGAIN \
+                 from the list walk without mn_itree_inv_end)."
             }
             Step::Seed001Reclaim => {
                 "A driver lock taken inside a notifier callback must not be held across an \

@@ -147,14 +147,14 @@ pub use context::{
 pub use gfp::{
     current_gfp_context, fs_reclaim_acquire, fs_reclaim_release, fs_reclaim_section,
     memalloc_nofs_save, memalloc_noio_save, memalloc_noreclaim_save, might_alloc, FsReclaimGuard,
-    Gfp, MemallocGuard, FS_RECLAIM_MAP, RECLAIM_MAPS,
+    Gfp, MemallocGuard, FS_RECLAIM_MAP,
 };
 pub use isolation::{Context, ContextGuard};
 pub use lock::{
     Backend, Lock, LockGuard, Mutex, MutexBackend, MutexGuard, RwBackend, RwLock, RwLockReadGuard,
     RwLockWriteGuard, SpinBackend, SpinLock, SpinLockGuard,
 };
-pub use map::{wait_as_acquire, LockMap, LockMapGuard};
+pub use map::{wait_as_acquire, LockMap, LockMapGuard, RECLAIM_MAPS};
 pub use report::{
     ClassRef, ContextInfo, Dependency, HeldLockInfo, Report, ReportKind, SourceLocation, ThreadInfo,
 };

@@ -16,6 +16,50 @@ use crate::class::{LockClass, LockClassKey};
 use crate::validator::{self, Held, How};
 use crate::Read;
 
+/// The pseudo-locks every allocation that may enter direct reclaim primes with `might_lock`,
+/// registered with [`reclaim_primes!`](crate::reclaim_primes). A cycle through one is a
+/// [`ReportKind::ReclaimInversion`](crate::ReportKind::ReclaimInversion).
+#[linkme::distributed_slice]
+pub static RECLAIM_MAPS: [&'static LockMap];
+
+/// Registers a `static` [`LockMap`] as one that direct reclaim may take: every allocation
+/// that may enter direct reclaim then primes it with `might_lock` (as `fs_reclaim_acquire`
+/// primes `__mmu_notifier_invalidate_range_start_map`), and cycles through it are reported as
+/// reclaim inversions. The registration is made when the program is linked, so it holds
+/// before any allocation.
+///
+/// ```
+/// use lockdep::{might_alloc, reclaim_primes, scope::Scope, static_lock_class, Gfp, LockMap,
+///               Mutex, ReportKind};
+///
+/// static SHRINKING: LockMap = LockMap::new("my_cache_shrinking");
+/// reclaim_primes!(SHRINKING);
+///
+/// let scope = Scope::new();
+/// let lock = Mutex::new((), static_lock_class!("my_cache_lock"));
+/// {
+///     let _inside = SHRINKING.acquire(); // what reclaim runs takes the lock
+///     let _g = lock.lock();
+/// }
+/// {
+///     let _g = lock.lock();
+///     might_alloc(Gfp::KERNEL); // and the lock is held across an allocation
+/// }
+/// # #[cfg(feature = "enabled")]
+/// assert_eq!(scope.of_kind(ReportKind::ReclaimInversion).len(), 1);
+/// # scope.take();
+/// ```
+#[macro_export]
+macro_rules! reclaim_primes {
+    ($map:path) => {
+        const _: () = {
+            #[$crate::__linkme::distributed_slice($crate::RECLAIM_MAPS)]
+            #[linkme(crate = $crate::__linkme)]
+            static PRIMED: &$crate::LockMap = &$map;
+        };
+    };
+}
+
 enum MapClass {
     Key(LockClassKey),
     Class(LockClass),
@@ -87,10 +131,7 @@ impl LockMap {
         use crate::class::Reclaim;
         if self.fs_reclaim {
             Reclaim::Fs
-        } else if crate::gfp::RECLAIM_MAPS
-            .iter()
-            .any(|m| std::ptr::eq(*m, self))
-        {
+        } else if RECLAIM_MAPS.iter().any(|m| std::ptr::eq(*m, self)) {
             Reclaim::Primed
         } else {
             Reclaim::No
