@@ -79,10 +79,21 @@ impl Domain {
         validate: impl FnOnce(&mut Graph) -> Option<R>,
     ) -> Option<R> {
         let mut l = self.locked.lock();
+        // Another thread may have validated the same chain since our lock-free probe.
+        // (`lockdep_broken = "no_recheck"`: the broken variant the loom model must catch.)
+        #[cfg(not(lockdep_broken = "no_recheck"))]
         if self.chains.contains(key) {
             return None;
         }
         l.chains_validated += 1;
+        // The broken variant that publishes a chain before its validation.
+        #[cfg(lockdep_broken = "publish_early")]
+        {
+            let mut used = l.chains_used;
+            self.chains.insert(key, &mut used);
+            l.chains_used = used;
+            crate::primitive::spin_yield(0);
+        }
         let r = validate(&mut l.graph);
         let mut used = l.chains_used;
         let published = self.chains.insert(key, &mut used);
