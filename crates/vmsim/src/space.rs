@@ -110,6 +110,35 @@ impl Space {
     pub fn nr_vmas(&self) -> usize {
         self.mmap_lock.read().len()
     }
+    /// The primary's translation of `addr` now, read under its page-table lock: the frame of a
+    /// present or device-private entry and whether it is writable (`None`: no entry, a swap or
+    /// a migration entry). For checkers of secondary MMUs.
+    pub fn lookup(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
+        let pte = self.pt.leaf(addr)?.ptl.lock()[crate::pte::pte_index(addr)];
+        pte.pfn().map(|p| (p, pte.is_write()))
+    }
+    /// A new user of the address space unless its last user is gone (`mmget_not_zero`), for
+    /// a driver that keeps only a reference.
+    pub fn mmget_not_zero(space: &Arc<Space>) -> Option<Process> {
+        let mut cur = space.users.load(Ordering::Acquire);
+        while cur != 0 {
+            match space.users.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(Process {
+                        space: space.clone(),
+                        exited: false,
+                    })
+                }
+                Err(now) => cur = now,
+            }
+        }
+        None
+    }
     /// `check_stable_address_space`: faults fail once the OOM reaper has started.
     pub(crate) fn check_stable(&self) -> Result<(), VmError> {
         if self.test(mmf::UNSTABLE) {
@@ -164,26 +193,8 @@ impl Process {
     }
     /// Another user of the same address space (`mmget`, e.g. a thread or `CLONE_VM`).
     pub fn mmget(&self) -> Result<Process, VmError> {
-        let mut cur = self.space.users.load(Ordering::Acquire);
-        loop {
-            if cur == 0 {
-                return Err(VmError::Gone("mmget on an exited mm".into()));
-            }
-            match self.space.users.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Ok(Process {
-                        space: self.space.clone(),
-                        exited: false,
-                    })
-                }
-                Err(now) => cur = now,
-            }
-        }
+        Space::mmget_not_zero(&self.space)
+            .ok_or_else(|| VmError::Gone("mmget on an exited mm".into()))
     }
     /// Drops this user (`mmput`); the last user runs `exit_mmap`.
     ///
