@@ -132,15 +132,7 @@ pub fn device_access(
         return Ok(None); // a write fault on a read-only device entry
     }
     check.access(space, addr, t, access);
-    let m = space.machine();
-    let f = m.frames().frame(t.pfn)?;
-    Ok(Some(match store {
-        Some(v) => {
-            f.set_content(v);
-            v
-        }
-        None => f.content(),
-    }))
+    Ok(Some(touch_frame(space, t.pfn, store)?))
 }
 
 /// The device accesses `n` pages from `start` (loads, or the stores of `stores`), each under
@@ -184,4 +176,18 @@ pub fn access_range(
         }
     }
     Ok(out)
+}
+
+/// The device's load (`store == None`) or store of the content word of frame `pfn`, which the
+/// caller has checked.
+pub fn touch_frame(space: &Space, pfn: vmsim::Pfn, store: Option<u64>) -> Result<u64, DriverError> {
+    let m = space.machine();
+    let f = m.frames().frame(pfn)?;
+    Ok(match store {
+        Some(v) => {
+            f.set_content(v);
+            v
+        }
+        None => f.content(),
+    })
 }

@@ -39,6 +39,7 @@ use vmsim::pte::PAGE_SIZE;
 use vmsim::{Process, Space};
 
 use crate::checker::{Access, Checker, Tracker, Translation};
+use crate::devpt::touch_frame;
 use crate::DriverError;
 
 /// Which kernel's KVM notifier.
@@ -250,15 +251,7 @@ impl Kvm {
                 };
                 if let Some(e) = spte {
                     vm.check.access(&vm.space, page, e.t, access);
-                    let m = vm.space.machine();
-                    let f = m.frames().frame(e.t.pfn)?;
-                    return Ok(match store {
-                        Some(v) => {
-                            f.set_content(v);
-                            v
-                        }
-                        None => f.content(),
-                    });
+                    return touch_frame(&vm.space, e.t.pfn, store);
                 }
             }
             self.guest_fault(page, store.is_some())?;

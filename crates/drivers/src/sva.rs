@@ -20,6 +20,7 @@ use vmsim::pte::PAGE_SIZE;
 use vmsim::{Process, Space};
 
 use crate::checker::{Access, Checker, Tracker, Translation};
+use crate::devpt::touch_frame;
 use crate::DriverError;
 
 #[derive(Default)]
@@ -118,15 +119,7 @@ impl Sva {
                     .filter(|t| store.is_none() || t.write)
                 {
                     io.check.access_tlb(&io.space, page, t, access);
-                    let m = io.space.machine();
-                    let f = m.frames().frame(t.pfn)?;
-                    return Ok(match store {
-                        Some(v) => {
-                            f.set_content(v);
-                            v
-                        }
-                        None => f.content(),
-                    });
+                    return touch_frame(&io.space, t.pfn, store);
                 }
                 tlb.flushes
             };

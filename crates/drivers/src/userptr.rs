@@ -32,7 +32,7 @@ use vmsim::pte::PAGE_SIZE;
 use vmsim::{Pfn, Process, Space};
 
 use crate::checker::{Access, Checker, Tracker, Translation};
-use crate::devpt::MAX_TRIES;
+use crate::devpt::{touch_frame, MAX_TRIES};
 use crate::DriverError;
 
 /// The quote the seed-002 steps print.
@@ -65,15 +65,7 @@ fn gpu_access(
     };
     let addr = start + index as u64 * PAGE_SIZE;
     check.access(space, addr, t, access);
-    let m = space.machine();
-    let f = m.frames().frame(t.pfn)?;
-    Ok(Some(match store {
-        Some(v) => {
-            f.set_content(v);
-            v
-        }
-        None => f.content(),
-    }))
+    Ok(Some(touch_frame(space, t.pfn, store)?))
 }
 
 fn translations(
