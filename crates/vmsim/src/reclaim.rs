@@ -236,9 +236,15 @@ fn shrink_folio(m: &Inner, pfn: Pfn, check_references: bool) -> Result<bool, VmE
                 None => return keep(LruKind::Active),
             }
         };
+        // The broken variant writes the content before unmapping: a store through a still
+        // present entry in between is lost (the model in tests/shuttle_replay.rs finds it).
+        #[cfg(vmsim_broken = "pageout_before_unmap")]
+        let early = f.content();
         let (removed, unmapped) = try_to_unmap(m, pfn, slot)?;
+        #[cfg(not(vmsim_broken = "pageout_before_unmap"))]
+        let early = f.content();
         if let Some(s) = slot.filter(|_| removed > 0) {
-            m.swap.write(s, f.content())?;
+            m.swap.write(s, early)?;
         }
         if !unmapped {
             return keep(LruKind::Active);
