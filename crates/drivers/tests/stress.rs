@@ -183,9 +183,11 @@ fn dmirror_is_coherent_under_stress() {
         let d2 = d.clone();
         let op: DeviceOp = Box::new(move |i, _p, a| {
             let page = a + (i % (PAGES - 4)) * P;
-            match i % 3 {
+            match i % 5 {
                 0 => d2.write(page, &[i, i + 1]).is_ok(),
-                1 => {
+                1 => d2.migrate_to_device(page, 4).is_ok(),
+                2 => d2.migrate_to_system(page, 4).is_ok(),
+                3 => {
                     let _ = d2.snapshot(page, 4); // no device access
                     false
                 }

@@ -110,12 +110,16 @@ impl Process {
             space.rss.fetch_sub(1, Ordering::AcqRel);
         });
         drop(guard);
-        for (a, pfn, write) in collected {
+        let mut pending = collected.into_iter();
+        while let Some((a, pfn, write)) = pending.next() {
             let old = m.pool.get(pfn);
             let dev = match m.alloc_page(GFP_USER) {
                 Ok(d) => d,
                 Err(e) => {
-                    restore(space, a, pfn, Pte::present(pfn, write, true))?;
+                    // Every entry not migrated yet goes back, not only this one.
+                    for (a, pfn, write) in std::iter::once((a, pfn, write)).chain(pending) {
+                        restore(space, a, pfn, Pte::present(pfn, write, true))?;
+                    }
                     return Err(e);
                 }
             };
@@ -126,10 +130,26 @@ impl Process {
             df.set(flags::ANON | flags::DEVICE_PRIVATE);
             df.map();
             m.device_owner.lock().insert(dev.0, owner.0);
+            // Only over our own migration entry: a munmap may have zapped it meanwhile (and a
+            // fault mapped a new page there), as `migrate_vma_insert_page` rechecks.
             let leaf = space.pt.leaf_alloc(a);
-            leaf.ptl.lock()[pte_index(a)] = Pte::device_private(dev, write);
+            let ours = {
+                let mut ptes = leaf.ptl.lock();
+                let p = &mut ptes[pte_index(a)];
+                let ours = p.migration_pfn() == Some(pfn);
+                if ours {
+                    *p = Pte::device_private(dev, write);
+                }
+                ours
+            };
             old.unmap()?;
             m.put_page(pfn)?;
+            if !ours {
+                df.unmap()?;
+                m.put_page(dev)?;
+                report.skipped += 1;
+                continue;
+            }
             report.moved.push((a, dev));
         }
         Ok(report)
@@ -144,8 +164,12 @@ fn restore(space: &Space, a: u64, pfn: Pfn, pte: Pte) -> Result<(), VmError> {
     if p.migration_pfn() == Some(pfn) {
         *p = pte;
         space.rss.fetch_add(1, Ordering::AcqRel);
+        return Ok(());
     }
-    Ok(())
+    // Zapped meanwhile (the zap leaves a migration entry's page to the migrating thread).
+    drop(ptes);
+    space.machine.pool.get(pfn).unmap()?;
+    space.machine.put_page(pfn).map(drop)
 }
 
 /// Moves one anonymous page (`migrate_folio_unmap` + `migrate_folio_move`). Returns the new
@@ -224,19 +248,22 @@ pub(crate) fn migrate_to_ram(
     let dev = pte.pfn().expect("a device-private entry has a frame");
     let owner = m.device_owner.lock().get(&dev.0).copied().unwrap_or(0);
     let new = m.alloc_page(GFP_USER)?;
+    let df = m.pool.get(dev);
+    let nf = m.pool.get(new);
+    let (o, i) = df.mapping();
+    nf.set_mapping(o, i);
+    nf.set(flags::ANON | flags::SWAPBACKED | flags::DIRTY);
     let guard = space.mm.invalidate_range_start(
         range(page, page + PAGE_SIZE, Event::Migrate)?.with_owner(Owner(owner)),
     );
-    let df = m.pool.get(dev);
+    nf.set_content(df.content());
+    // On the LRU before it is mapped, while the allocation reference is still ours: once
+    // mapped, a concurrent zap may free it (`folio_add_lru_vma` before `set_pte_at`).
+    m.lru.add(&m.pool, new, LruKind::Inactive)?;
     let replaced = {
         let mut ptes = leaf.ptl.lock();
         let p = &mut ptes[pte_index(page)];
         if *p == pte {
-            let nf = m.pool.get(new);
-            nf.set_content(df.content());
-            let (o, i) = df.mapping();
-            nf.set_mapping(o, i);
-            nf.set(flags::ANON | flags::SWAPBACKED | flags::DIRTY);
             nf.map();
             *p = Pte::present(new, pte.is_write(), true);
             space.rss.fetch_add(1, Ordering::AcqRel);
@@ -249,7 +276,6 @@ pub(crate) fn migrate_to_ram(
     if !replaced {
         return m.put_page(new).map(|_| ());
     }
-    m.lru.add(&m.pool, new, LruKind::Inactive)?;
     df.unmap()?;
     m.put_page(dev).map(|_| ())
 }
