@@ -2,5 +2,5 @@
 //! protocols that the shuttle model must catch (see tests/shuttle_replay.rs).
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(vmsim_broken, values(\"pageout_before_unmap\"))");
+    println!("cargo::rustc-check-cfg=cfg(vmsim_broken, values(none(), \"pageout_before_unmap\"))");
 }

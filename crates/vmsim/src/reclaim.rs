@@ -157,14 +157,15 @@ fn try_to_unmap(m: &Inner, pfn: Pfn, slot: Option<u32>) -> Result<(usize, bool),
             f.set(flags::DIRTY);
         }
         *pte = match slot {
-            Some(s) => {
-                if removed > 0 {
-                    if let Err(e) = m.swap.dup(s) {
-                        err = Err(e);
-                    }
+            // Each swap entry holds a reference to the slot (`swap_duplicate`); the caller's
+            // own reference (the swap cache's) keeps it until the content is written.
+            Some(s) => match m.swap.dup(s) {
+                Ok(()) => Pte::swap(s),
+                Err(e) => {
+                    err = Err(e);
+                    return false;
                 }
-                Pte::swap(s)
-            }
+            },
             None => Pte::NONE,
         };
         space.rss.fetch_sub(1, Ordering::AcqRel);
@@ -175,10 +176,6 @@ fn try_to_unmap(m: &Inner, pfn: Pfn, slot: Option<u32>) -> Result<(usize, bool),
         true
     });
     err?;
-    if let Some(s) = slot.filter(|_| removed == 0) {
-        // Nothing mapped it any more (its last mapping went while it was isolated).
-        m.swap.free(s)?;
-    }
     for _ in 0..removed {
         m.put_page(pfn)?;
     }
@@ -240,12 +237,17 @@ fn shrink_folio(m: &Inner, pfn: Pfn, check_references: bool) -> Result<bool, VmE
         // present entry in between is lost (the model in tests/shuttle_replay.rs finds it).
         #[cfg(vmsim_broken = "pageout_before_unmap")]
         let early = f.content();
-        let (removed, unmapped) = try_to_unmap(m, pfn, slot)?;
+        let unmap = try_to_unmap(m, pfn, slot);
         #[cfg(not(vmsim_broken = "pageout_before_unmap"))]
         let early = f.content();
-        if let Some(s) = slot.filter(|_| removed > 0) {
-            m.swap.write(s, early)?;
+        if let Some(s) = slot {
+            // `pageout`, then the swap cache lets go of the slot: a concurrent munmap may
+            // already have dropped every entry's reference, and the slot is free after this.
+            let written = m.swap.write(s, early);
+            m.swap.free(s)?;
+            written?;
         }
+        let (_, unmapped) = unmap?;
         if !unmapped {
             return keep(LruKind::Active);
         }

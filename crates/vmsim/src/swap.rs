@@ -52,8 +52,9 @@ impl Swap {
         Some(slot)
     }
 
-    /// Takes a free slot, with one reference, its content still to be written
-    /// (`folio_alloc_swap`); [`Swap::load`] waits until [`Swap::write`].
+    /// Takes a free slot, with one reference (the swap cache's, dropped with [`Swap::free`] once
+    /// the content is written), its content still to be written (`folio_alloc_swap`);
+    /// [`Swap::load`] waits until [`Swap::write`].
     pub fn alloc(&self) -> Option<u32> {
         let mut a = self.area.lock();
         let slot = a.free.pop()?;
