@@ -54,7 +54,7 @@ impl Machine {
                     let Some(pfn) = pte.pfn() else { return };
                     let f = m.pool.get(pfn);
                     if f.test(flags::FREE) {
-                        err = Err(VmError::Invariant(format!(
+                        err = Err(crate::error::invariant(format!(
                             "mm {} maps {addr:#x} to free {pfn}",
                             space.id()
                         )));
@@ -68,7 +68,7 @@ impl Machine {
             }
             err?;
             if present != space.rss() {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "mm {} counts {} resident pages but maps {present}",
                     space.id(),
                     space.rss()
@@ -82,7 +82,7 @@ impl Machine {
                 }
             });
             if let Some(addr) = stray {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "mm {} has an entry at {addr:#x} outside every mapping",
                     space.id()
                 )));
@@ -100,13 +100,13 @@ impl Machine {
             let f = m.pool.get(pfn);
             let entries = maps.get(&pfn).copied().unwrap_or(0);
             if f.mapcount() != entries {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "{pfn} has mapcount {} but {entries} page-table entries map it",
                     f.mapcount()
                 )));
             }
             if !f.test(flags::FREE) && f.refcount() < f.mapcount() + f.pincount() {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "{pfn} has refcount {} below mapcount {} + pincount {}",
                     f.refcount(),
                     f.mapcount(),
@@ -117,7 +117,7 @@ impl Machine {
         let (swap_used, _) = m.swap.usage();
         let referenced: usize = swap_refs.len();
         if referenced != swap_used {
-            return Err(VmError::Invariant(format!(
+            return Err(crate::error::invariant(format!(
                 "{swap_used} swap slots in use but {referenced} referenced"
             )));
         }

@@ -58,3 +58,13 @@ pub enum VmError {
     #[error("invariant violated: {0}")]
     Invariant(String),
 }
+
+/// An invariant violation, naming the operation and thread that found it (from the watchdog's
+/// record of what this thread is doing), so a report says where it happened.
+pub(crate) fn invariant(msg: impl Into<String>) -> VmError {
+    let mut msg = msg.into();
+    if let Some((thread, op)) = crate::watchdog::current_op() {
+        msg.push_str(&format!(" (in {op} on thread {thread})"));
+    }
+    VmError::Invariant(msg)
+}

@@ -193,7 +193,7 @@ fn set_pte_if(
 fn new_anon_page(space: &Space, vma: &Vma, page: u64) -> Result<Pfn, VmError> {
     let anon = vma
         .anon_vma()
-        .ok_or_else(|| VmError::Invariant(format!("private VMA {vma:?} has no anon_vma")))?;
+        .ok_or_else(|| crate::error::invariant(format!("private VMA {vma:?} has no anon_vma")))?;
     let pfn = space.machine.alloc_page(GFP_USER)?;
     let f = space.machine.pool.get(pfn);
     f.set_mapping(anon.id(), vma.page_index(page));
@@ -238,7 +238,7 @@ fn do_swap_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> R
     // anon_vma: only this mapping maps the new page.
     let anon = vma
         .anon_vma()
-        .ok_or_else(|| VmError::Invariant(format!("private VMA {vma:?} has no anon_vma")))?;
+        .ok_or_else(|| crate::error::invariant(format!("private VMA {vma:?} has no anon_vma")))?;
     f.set_mapping(anon.id(), vma.page_index(page));
     let mut ptes = leaf.ptl.lock();
     let p = &mut ptes[pte_index(page)];

@@ -188,7 +188,7 @@ impl Frame {
         let mut cur = self.mapcount.load(Ordering::Acquire);
         loop {
             if cur == 0 {
-                return Err(VmError::Invariant("mapcount underflow".into()));
+                return Err(crate::error::invariant("mapcount underflow"));
             }
             match self.mapcount.compare_exchange_weak(
                 cur,
@@ -212,7 +212,7 @@ impl Frame {
         let mut cur = self.pincount.load(Ordering::Acquire);
         loop {
             if cur == 0 {
-                return Err(VmError::Invariant("unpin of an unpinned frame".into()));
+                return Err(crate::error::invariant("unpin of an unpinned frame"));
             }
             match self.pincount.compare_exchange_weak(
                 cur,
@@ -324,7 +324,9 @@ impl FramePool {
         let mut cur = f.refcount.load(Ordering::Acquire);
         loop {
             if cur == 0 {
-                return Err(VmError::Invariant(format!("put of a free frame ({pfn})")));
+                return Err(crate::error::invariant(format!(
+                    "put of a free frame ({pfn})"
+                )));
             }
             match f.refcount.compare_exchange_weak(
                 cur,
@@ -345,7 +347,7 @@ impl FramePool {
         let f = self.frame(pfn)?;
         let (refs, mapped, pinned, fl) = (f.refcount(), f.mapcount(), f.pincount(), f.flags());
         if refs != 0 || mapped != 0 || pinned != 0 || fl & (flags::LRU | flags::FREE) != 0 {
-            return Err(VmError::Invariant(format!(
+            return Err(crate::error::invariant(format!(
                 "{pfn} freed with refcount={refs} mapcount={mapped} pincount={pinned} \
                  flags={fl:#x}"
             )));
@@ -364,7 +366,7 @@ impl FramePool {
     pub fn put(&self, pfn: Pfn) -> Result<bool, VmError> {
         let f = self.frame(pfn)?;
         if f.refcount() == 1 && (f.mapcount() != 0 || f.pincount() != 0 || f.test(flags::LRU)) {
-            return Err(VmError::Invariant(format!(
+            return Err(crate::error::invariant(format!(
                 "last reference of {pfn} dropped while mapcount={} pincount={} flags={:#x}",
                 f.mapcount(),
                 f.pincount(),
@@ -396,14 +398,14 @@ impl FramePool {
         for &pfn in free.iter() {
             let i = pfn as usize;
             if i >= seen.len() || seen[i] {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "free list holds pfn {pfn:#x} twice or out of range"
                 )));
             }
             seen[i] = true;
             let f = &self.frames[i];
             if !f.test(flags::FREE) || f.refcount() != 0 {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "pfn {pfn:#x} is on the free list with refcount {} flags {:#x}",
                     f.refcount(),
                     f.flags()
@@ -417,7 +419,7 @@ impl FramePool {
         };
         for (i, f) in self.frames.iter().enumerate() {
             if !seen[i] && (f.test(flags::FREE) || f.refcount() == 0) {
-                return Err(VmError::Invariant(format!(
+                return Err(crate::error::invariant(format!(
                     "pfn {i:#x} is neither free nor referenced (refcount {}, flags {:#x})",
                     f.refcount(),
                     f.flags()
@@ -425,7 +427,7 @@ impl FramePool {
             }
         }
         if counts.free + counts.used != counts.total {
-            return Err(VmError::Invariant(format!(
+            return Err(crate::error::invariant(format!(
                 "frames not conserved: free {} + used {} != total {}",
                 counts.free, counts.used, counts.total
             )));

@@ -72,7 +72,7 @@ impl Lru {
             if prev & flags::LRU == 0 {
                 f.clear(flags::LRU);
             }
-            return Err(VmError::Invariant(format!(
+            return Err(crate::error::invariant(format!(
                 "{pfn} added to an LRU list while {}",
                 if prev & flags::FREE != 0 {
                     "free"

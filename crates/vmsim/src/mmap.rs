@@ -256,7 +256,7 @@ impl Process {
         let mut moved = vmas.remove_range(old, old_end);
         let mut piece = moved
             .pop()
-            .ok_or_else(|| VmError::Invariant("mremap lost its source VMA".into()))?;
+            .ok_or_else(|| crate::error::invariant("mremap lost its source VMA"))?;
         piece.unlink(space.id());
         // `move_vma` → `move_page_tables`: one Unmap over the old range, entries moved under
         // both page-table locks.

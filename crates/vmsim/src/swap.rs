@@ -75,7 +75,7 @@ impl Swap {
                 s.pending = false;
                 Ok(())
             }
-            _ => Err(VmError::Invariant(format!(
+            _ => Err(crate::error::invariant(format!(
                 "swap slot {slot} written while free"
             ))),
         }
@@ -90,7 +90,7 @@ impl Swap {
                     Some(s) if s.refs > 0 && !s.pending => return Ok(s.content),
                     Some(s) if s.refs > 0 => {}
                     _ => {
-                        return Err(VmError::Invariant(format!(
+                        return Err(crate::error::invariant(format!(
                             "swap slot {slot} read while free"
                         )))
                     }
@@ -108,7 +108,7 @@ impl Swap {
                 s.refs += 1;
                 Ok(())
             }
-            _ => Err(VmError::Invariant(format!(
+            _ => Err(crate::error::invariant(format!(
                 "swap slot {slot} duplicated while free"
             ))),
         }
@@ -119,7 +119,11 @@ impl Swap {
         let mut a = self.area.lock();
         let s = match a.slots.get_mut(slot as usize) {
             Some(s) if s.refs > 0 => s,
-            _ => return Err(VmError::Invariant(format!("swap slot {slot} freed twice"))),
+            _ => {
+                return Err(crate::error::invariant(format!(
+                    "swap slot {slot} freed twice"
+                )))
+            }
         };
         s.refs -= 1;
         if s.refs == 0 {

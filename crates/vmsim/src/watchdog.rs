@@ -160,6 +160,24 @@ impl Inner {
     }
 }
 
+/// The outermost operation the calling thread is in, on any machine: `(thread, op)`.
+pub(crate) fn current_op() -> Option<(String, String)> {
+    SLOTS
+        .try_with(|slots| {
+            slots.borrow().iter().find_map(|(_, s)| {
+                let op = OPS[s.op.load(Relaxed) as usize % OPS.len()];
+                let name = match op {
+                    Op::Idle => return None,
+                    Op::Custom => s.custom.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    _ => op.name().to_string(),
+                };
+                Some((s.thread.clone(), name))
+            })
+        })
+        .ok()
+        .flatten()
+}
+
 /// A task the watchdog found stuck.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HungTask {

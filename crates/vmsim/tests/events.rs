@@ -358,3 +358,26 @@ fn device_migration_is_owner_tagged_and_a_cpu_fault_brings_the_page_back() {
         "the device page left is freed by munmap"
     );
 }
+
+#[test]
+fn an_invariant_violation_names_the_operation_and_thread() {
+    let m = machine(8);
+    let p = m.spawn();
+    let a = p.mmap(MapRequest::anon(P)).unwrap();
+    let pins = p.pin_user_pages(a, 1, true).unwrap();
+    p.unpin_user_pages(&pins).unwrap();
+    let handle = std::thread::Builder::new()
+        .name("unpinner".into())
+        .spawn(move || {
+            let _op = m.enter("double unpin");
+            p.unpin_user_pages(&pins)
+        })
+        .unwrap();
+    match handle.join().unwrap() {
+        Err(VmError::Invariant(msg)) => {
+            assert!(msg.contains("unpin of an unpinned frame"), "{msg}");
+            assert!(msg.contains("in double unpin on thread unpinner"), "{msg}");
+        }
+        other => panic!("expected an invariant violation, got {other:?}"),
+    }
+}
