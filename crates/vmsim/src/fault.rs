@@ -194,11 +194,26 @@ fn new_anon_page(space: &Space, vma: &Vma, page: u64) -> Result<Pfn, VmError> {
     let anon = vma
         .anon_vma()
         .ok_or_else(|| crate::error::invariant(format!("private VMA {vma:?} has no anon_vma")))?;
-    let pfn = space.machine.alloc_page(GFP_USER)?;
-    let f = space.machine.pool.get(pfn);
+    let m = &space.machine;
+    let pfn = m.alloc_page(GFP_USER)?;
+    let f = m.pool.get(pfn);
     f.set_mapping(anon.id(), vma.page_index(page));
     f.set(flags::ANON | flags::SWAPBACKED);
+    // On the LRU before it is mapped, while the allocation reference is ours: once mapped, a
+    // concurrent zap (MADV_DONTNEED under the read lock, truncation) may free it
+    // (`folio_add_lru_vma` before `set_pte_at`).
+    on_lru(space, pfn)?;
     Ok(pfn)
+}
+
+/// Puts a new page on the inactive list; on failure the page is given back.
+fn on_lru(space: &Space, pfn: Pfn) -> Result<(), VmError> {
+    let m = &space.machine;
+    if let Err(e) = m.lru.add(&m.pool, pfn, LruKind::Inactive) {
+        m.put_page(pfn)?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Drops a page that lost a race to be mapped.
@@ -216,10 +231,7 @@ fn do_anonymous_page(
     let pfn = new_anon_page(space, vma, page)?;
     let writable = vma.flags & vm::WRITE != 0;
     if set_pte_if(space, leaf, page, Pte::NONE, pfn, writable, write) {
-        space
-            .machine
-            .lru
-            .add(&space.machine.pool, pfn, LruKind::Inactive)
+        Ok(())
     } else {
         discard(space, pfn)
     }
@@ -240,6 +252,7 @@ fn do_swap_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> R
         .anon_vma()
         .ok_or_else(|| crate::error::invariant(format!("private VMA {vma:?} has no anon_vma")))?;
     f.set_mapping(anon.id(), vma.page_index(page));
+    on_lru(space, pfn)?;
     let mut ptes = leaf.ptl.lock();
     let p = &mut ptes[pte_index(page)];
     if *p != pte {
@@ -252,7 +265,7 @@ fn do_swap_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> R
     drop(ptes);
     m.swap.free(slot)?;
     m.counters.swap_in.fetch_add(1, Ordering::Relaxed);
-    m.lru.add(&m.pool, pfn, LruKind::Inactive)
+    Ok(())
 }
 
 fn do_wp_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> Result<(), VmError> {
@@ -284,18 +297,17 @@ fn do_wp_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> Res
                 .arch_invalidate_secondary_tlbs(page, page + PAGE_SIZE);
             m.pool.get(new).map();
             *p = Pte::present(new, true, true);
-            true
+            Some(of.unmap())
         } else {
-            false
+            None
         }
     };
     drop(guard);
-    if !replaced {
+    let Some(unmapped) = replaced else {
         return discard(space, new);
-    }
+    };
     m.counters.cow.fetch_add(1, Ordering::Relaxed);
-    m.lru.add(&m.pool, new, LruKind::Inactive)?;
-    of.unmap()?;
+    unmapped?;
     m.put_page(old).map(|_| ())
 }
 
@@ -318,6 +330,7 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
                 f.set_content(content);
                 f.set_mapping(file.id(), index);
                 f.set(flags::SWAPBACKED | flags::DIRTY);
+                on_lru(space, pfn)?;
                 let mut pages = file.pages.lock();
                 if pages.get(&index) == Some(&CacheEntry::Swap(slot)) {
                     pages.insert(index, CacheEntry::Page(pfn));
@@ -325,7 +338,6 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
                     drop(pages);
                     m.swap.free(slot)?;
                     m.counters.swap_in.fetch_add(1, Ordering::Relaxed);
-                    m.lru.add(&m.pool, pfn, LruKind::Inactive)?;
                     return Ok(pfn);
                 }
                 drop(pages);
@@ -340,6 +352,7 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
                 if file.is_shmem() {
                     f.set(flags::SWAPBACKED);
                 }
+                on_lru(space, pfn)?;
                 let inserted = match file.pages.lock().entry(index) {
                     std::collections::btree_map::Entry::Vacant(e) => {
                         e.insert(CacheEntry::Page(pfn));
@@ -349,7 +362,6 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
                     std::collections::btree_map::Entry::Occupied(_) => false,
                 };
                 if inserted {
-                    m.lru.add(&m.pool, pfn, LruKind::Inactive)?;
                     return Ok(pfn);
                 }
                 discard(space, pfn)?;
@@ -386,10 +398,7 @@ fn do_file_fault(
         let new = new_anon_page(space, vma, page)?;
         space.machine.pool.get(new).set_content(content);
         if set_pte_if(space, leaf, page, Pte::NONE, new, true, true) {
-            return space
-                .machine
-                .lru
-                .add(&space.machine.pool, new, LruKind::Inactive);
+            return Ok(());
         }
         return discard(space, new);
     }

@@ -160,3 +160,39 @@ fn threads_of_one_process_fault_and_unmap_concurrently() {
     p.exit().unwrap();
     assert_eq!(m.check().unwrap().used, 0);
 }
+
+#[test]
+fn dontneed_racing_faults_under_the_read_lock_never_breaks_the_machine() {
+    // MADV_DONTNEED zaps under the mmap read lock, concurrently with faults: a page must be on
+    // the LRU before it is mapped, or the zap frees it first.
+    let m = Machine::new(Config::new(256).swap(256)).unwrap();
+    let p = m.spawn();
+    let a = p.mmap(MapRequest::anon(16 * P)).unwrap();
+    let deadline = Instant::now() + run_seconds() / 2;
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let q = p.mmget().unwrap();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut rng = Rng(700 + t);
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let i = rng.below(16);
+                    if t == 0 {
+                        q.madvise(a + i * P, P, Advice::DontNeed).map_err(|e| e.to_string())?;
+                    } else {
+                        q.write(a + i * P, i).map_err(|e| e.to_string())?;
+                    }
+                    n += 1;
+                }
+                q.exit().map_err(|e| e.to_string())?;
+                Ok(n)
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    m.check().unwrap();
+    p.exit().unwrap();
+    assert_eq!(m.check().unwrap().used, 0);
+}
