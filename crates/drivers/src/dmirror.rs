@@ -50,6 +50,7 @@ struct Mirror {
     migrate_lock: Mutex<()>,
     check: Tracker,
     own_skipped: AtomicU64,
+    faults: AtomicU64,
 }
 
 impl IntervalNotifierOps for Mirror {
@@ -85,8 +86,6 @@ pub enum SnapshotPage {
     Write,
     /// In this device's private memory (`HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL`).
     DevicePrivateLocal,
-    /// In another device's private memory (`HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE`).
-    DevicePrivateRemote,
 }
 
 /// One open of the test device on one process.
@@ -118,6 +117,7 @@ impl Dmirror {
             migrate_lock: Mutex::new((), static_lock_class!("&dmirror->migrate_lock")),
             check: checker.driver(name),
             own_skipped: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
         });
         let notifier = process
             .mm()
@@ -155,6 +155,11 @@ impl Dmirror {
         self.range_fault(&p, start, start + npages * PAGE_SIZE, write)
     }
 
+    /// Device faults taken so far (`cmd.faults` of the ioctls).
+    pub fn faults(&self) -> u64 {
+        self.mirror.faults.load(Ordering::Relaxed)
+    }
+
     fn range_fault(
         &self,
         p: &Process,
@@ -162,6 +167,7 @@ impl Dmirror {
         end: u64,
         write: bool,
     ) -> Result<u32, DriverError> {
+        self.mirror.faults.fetch_add(1, Ordering::Relaxed);
         let _migrating = self.mirror.migrate_lock.lock();
         fault_and_map(
             p,
@@ -234,7 +240,9 @@ impl Dmirror {
                             .contains(&pfn.0);
                         match (dev, own, w) {
                             (true, true, _) => SnapshotPage::DevicePrivateLocal,
-                            (true, false, _) => SnapshotPage::DevicePrivateRemote,
+                            // `hmm_range_fault` reports another owner's device-private page
+                            // as not valid.
+                            (true, false, _) => SnapshotPage::None,
                             (false, _, true) => SnapshotPage::Write,
                             (false, _, false) => SnapshotPage::Read,
                         }

@@ -104,6 +104,19 @@ impl Process {
             if interval.check_retry(notifier_seq) {
                 return Err(VmError::Busy);
             }
+            // `hmm_vma_walk_test`: a VMA without the access is -EFAULT, present entries or not.
+            let vma = vmas.find(a).ok_or(VmError::NoMapping(a))?;
+            if vma.flags
+                & if write {
+                    crate::vm::WRITE
+                } else {
+                    crate::vm::READ
+                }
+                == 0
+            {
+                let allowed = crate::vma::prot_string(vma.flags);
+                return Err(VmError::Protection { addr: a, allowed });
+            }
             let found = space.pt.leaf(a).and_then(|leaf| {
                 let pte = leaf.ptl.lock()[pte_index(a)];
                 (pte.is_present() && (!write || pte.is_write())).then(|| HmmPfn {
