@@ -250,25 +250,31 @@ fn seed002_userptr_object_lock_across_pin_user_pages_is_reported() {
     o.close(&p).unwrap();
 }
 
-#[test]
-fn seed002_userptr_hangs_when_reclaim_picks_the_objects_own_pages() {
-    let _ctx = Context::new().enter();
-    let _scope = Scope::new();
+/// A 64-frame machine with no free memory left: the 32-page object's first 16 pages are not
+/// faulted yet, its last 16 are faulted and cold (reclaim's first pick), the rest of memory is
+/// hot pages of another mapping.
+fn userptr_pressure() -> (Machine, Process, u64) {
     let m = Machine::new(Config::new(64).swap(256).watermarks(1, 1, 2)).unwrap();
     let p = m.spawn();
-    // The object: 16 pages not faulted yet, then 16 faulted and cold (reclaim's first pick).
     let a = p.mmap(MapRequest::anon(32 * P)).unwrap();
     for i in 16..32 {
         p.write(a + i * P, i).unwrap();
     }
     p.madvise(a + 16 * P, 16 * P, Advice::Cold).unwrap();
-    // Fill the rest of memory with hot pages of another mapping.
     let b = p.mmap(MapRequest::anon(64 * P)).unwrap();
     let mut i = 0;
     while m.frames().nr_free() > 2 {
         p.write(b + i * P, i).unwrap();
         i += 1;
     }
+    (m, p, a)
+}
+
+#[test]
+fn seed002_userptr_hangs_when_reclaim_picks_the_objects_own_pages() {
+    let _ctx = Context::new().enter();
+    let _scope = Scope::new();
+    let (m, p, a) = userptr_pressure();
     let c = Checker::new();
     let o = Arc::new(UserptrLocked::create(&p, &c, "userptr-5.7", a, 32).unwrap());
     let dog = m.watchdog(Duration::from_millis(200));
@@ -294,19 +300,7 @@ fn seed002_userptr_hangs_when_reclaim_picks_the_objects_own_pages() {
 fn seed002_the_current_userptr_under_the_same_pressure_is_clean() {
     let _ctx = Context::new().enter();
     let scope = Scope::new();
-    let m = Machine::new(Config::new(64).swap(256).watermarks(1, 1, 2)).unwrap();
-    let p = m.spawn();
-    let a = p.mmap(MapRequest::anon(32 * P)).unwrap();
-    for i in 16..32 {
-        p.write(a + i * P, i).unwrap();
-    }
-    p.madvise(a + 16 * P, 16 * P, Advice::Cold).unwrap();
-    let b = p.mmap(MapRequest::anon(64 * P)).unwrap();
-    let mut i = 0;
-    while m.frames().nr_free() > 2 {
-        p.write(b + i * P, i).unwrap();
-        i += 1;
-    }
+    let (m, p, a) = userptr_pressure();
     let c = Checker::new();
     let o = Userptr::create(&p, &c, "userptr", a, 32).unwrap();
     let dog = m.watchdog(Duration::from_millis(200));
@@ -355,6 +349,29 @@ fn seed003_odp_taking_its_mutex_under_the_oom_reaper_is_reported_non_block() {
     mr.deregister().unwrap();
 }
 
+/// OOM-kills `p` while another thread runs `hold` (which takes a driver lock, and keeps it
+/// until the driver refused once); returns the reaper's report.
+fn hold_while_reaping(
+    m: &Machine,
+    p: &Process,
+    hold: impl FnOnce(&dyn Fn()) + Send + 'static,
+) -> vmsim::ReapReport {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = lockdep::spawn(move || hold(&|| tx.send(()).unwrap()));
+    rx.recv().unwrap(); // the lock is held
+    let report = m.oom_kill(p);
+    holder.join().unwrap();
+    report
+}
+
+/// Waits (bounded) until `refusals` is not zero.
+fn wait_refused(refusals: impl Fn() -> u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while refusals() == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The trylock variant with the mutex held by a device fault in progress: the reaper skips
 /// the VMA, retries, and reaps it once the fault is done. Returns the reaper's report.
 fn reap_while_the_umem_mutex_is_held(
@@ -362,23 +379,12 @@ fn reap_while_the_umem_mutex_is_held(
     m: &Machine,
     p: &Process,
 ) -> vmsim::ReapReport {
-    let holder = {
-        let mr = mr.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = lockdep::spawn(move || {
-            let _umem = mr.hold_umem_mutex();
-            tx.send(()).unwrap();
-            let end = Instant::now() + Duration::from_secs(10);
-            while mr.refusals() == 0 && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        rx.recv().unwrap();
-        h
-    };
-    let report = m.oom_kill(p);
-    holder.join().unwrap();
-    report
+    let mr2 = mr.clone();
+    hold_while_reaping(m, p, move |held| {
+        let _umem = mr2.hold_umem_mutex();
+        held();
+        wait_refused(|| mr2.refusals());
+    })
 }
 
 #[test]
@@ -410,22 +416,12 @@ fn seed004_pre_5_12_leaves_kvms_count_raised_and_the_guest_cannot_fault() {
     let odp = Arc::new(OdpPerMm::register(p.mm(), &c, "odp-4.19").unwrap());
     let kvm = Kvm::create(&p, &c, "kvm-4.19", KvmVariant::V4_19).unwrap();
     kvm.guest_write(a, 7).unwrap();
-    let holder = {
-        let odp = odp.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = lockdep::spawn(move || {
-            let _reg = odp.hold_for_registration();
-            tx.send(()).unwrap();
-            let end = Instant::now() + Duration::from_secs(10);
-            while odp.refusals() == 0 && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        rx.recv().unwrap();
-        h
-    };
-    let report = m.oom_kill(&p);
-    holder.join().unwrap();
+    let odp2 = odp.clone();
+    let report = hold_while_reaping(&m, &p, move |held| {
+        let _reg = odp2.hold_for_registration();
+        held();
+        wait_refused(|| odp2.refusals());
+    });
     assert!(!report.gave_up && report.attempts >= 2, "{report}");
     assert!(
         kvm.in_progress() >= 1,

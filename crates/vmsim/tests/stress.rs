@@ -178,7 +178,8 @@ fn dontneed_racing_faults_under_the_read_lock_never_breaks_the_machine() {
                 while Instant::now() < deadline {
                     let i = rng.below(16);
                     if t == 0 {
-                        q.madvise(a + i * P, P, Advice::DontNeed).map_err(|e| e.to_string())?;
+                        q.madvise(a + i * P, P, Advice::DontNeed)
+                            .map_err(|e| e.to_string())?;
                     } else {
                         q.write(a + i * P, i).map_err(|e| e.to_string())?;
                     }
