@@ -63,7 +63,7 @@ pub enum VmError {
 /// record of what this thread is doing), so a report says where it happened.
 pub(crate) fn invariant(msg: impl Into<String>) -> VmError {
     let mut msg = msg.into();
-    if let Some((thread, op)) = crate::watchdog::current_op() {
+    if let Some((thread, op)) = crate::task::current_op() {
         msg.push_str(&format!(" (in {op} on thread {thread})"));
     }
     VmError::Invariant(msg)

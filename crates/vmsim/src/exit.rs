@@ -13,12 +13,12 @@ use std::sync::Arc;
 use mmu_notifier::{Event, Range};
 
 use crate::error::VmError;
-use crate::space::{mmf, Space};
-use crate::watchdog::Op;
+use crate::machine::{mmf, Space};
+use crate::task::Op;
 use crate::zap::Gather;
 
 pub(crate) fn exit_mmap(space: &Arc<Space>) -> Result<(), VmError> {
-    let _task = space.machine.enter(Op::ExitMmap, space.id(), 0);
+    let _task = space.machine.tasks.enter(Op::ExitMmap, space.id(), 0);
     if space.set(mmf::EXITED) & mmf::EXITED != 0 {
         return Ok(());
     }

@@ -15,20 +15,19 @@
 
 use crate::primitive::Ordering;
 
-use lockdep::Gfp;
 use mmu_notifier::{Event, Range};
 
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
+use crate::machine::Space;
+use crate::process::Process;
 use crate::pte::{pte_index, Leaf, Pte, PAGE_SIZE};
 use crate::rmap::{CacheEntry, File};
-use crate::space::{Process, Space};
+use crate::task::Op;
 use crate::vma::{prot_string, vm, Vma, VmaTree};
-use crate::watchdog::Op;
 
-/// `GFP_HIGHUSER_MOVABLE`, as user pages are allocated.
-pub(crate) const GFP_USER: Gfp = Gfp::KERNEL;
+use crate::alloc::GFP_USER;
 
 impl Process {
     /// Faults the page at `addr` in (`handle_mm_fault`), for writing if `write`.
@@ -37,7 +36,7 @@ impl Process {
     /// Takes the mmap lock for read; may sleep and may enter direct reclaim.
     pub fn fault(&self, addr: u64, write: bool) -> Result<(), VmError> {
         let space = self.space();
-        let _task = space.machine.enter(Op::Fault, space.id(), addr);
+        let _task = space.machine.tasks.enter(Op::Fault, space.id(), addr);
         let vmas = space.mmap_lock.read();
         handle_fault(space, &vmas, addr, write).map(|_| ())
     }
@@ -46,7 +45,7 @@ impl Process {
     pub fn touch(&self, addr: u64, len: u64, write: bool) -> Result<(), VmError> {
         let end = crate::vma::check_range(addr, len)?;
         let space = self.space();
-        let _task = space.machine.enter(Op::Fault, space.id(), addr);
+        let _task = space.machine.tasks.enter(Op::Fault, space.id(), addr);
         let vmas = space.mmap_lock.read();
         let mut a = addr;
         while a < end {
@@ -75,7 +74,7 @@ impl Process {
     ) -> Result<R, VmError> {
         let space = self.space();
         let what = if write { Op::Write } else { Op::Read };
-        let _task = space.machine.enter(what, space.id(), addr);
+        let _task = space.machine.tasks.enter(what, space.id(), addr);
         let vmas = space.mmap_lock.read();
         let page = addr & !(PAGE_SIZE - 1);
         let vma = vmas.find(page).ok_or(VmError::NoMapping(addr))?;
@@ -195,7 +194,7 @@ fn new_anon_page(space: &Space, vma: &Vma, page: u64) -> Result<Pfn, VmError> {
         .anon_vma()
         .ok_or_else(|| crate::error::invariant(format!("private VMA {vma:?} has no anon_vma")))?;
     let m = &space.machine;
-    let pfn = m.alloc_page(GFP_USER)?;
+    let pfn = crate::alloc::alloc_page(m, GFP_USER)?;
     let f = m.pool.get(pfn);
     f.set_mapping(anon.id(), vma.page_index(page));
     f.set(flags::ANON | flags::SWAPBACKED);
@@ -241,7 +240,7 @@ fn do_swap_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> R
     let m = &space.machine;
     let slot = pte.swap_slot().expect("a swap entry");
     let content = m.swap.load(slot)?;
-    let pfn = m.alloc_page(GFP_USER)?;
+    let pfn = crate::alloc::alloc_page(m, GFP_USER)?;
     let f = m.pool.get(pfn);
     f.set_content(content);
     f.set(flags::ANON | flags::SWAPBACKED | flags::DIRTY);
@@ -325,7 +324,7 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
             }
             Some(CacheEntry::Swap(slot)) => {
                 let content = m.swap.load(slot)?;
-                let pfn = m.alloc_page(GFP_USER)?;
+                let pfn = crate::alloc::alloc_page(m, GFP_USER)?;
                 let f = m.pool.get(pfn);
                 f.set_content(content);
                 f.set_mapping(file.id(), index);
@@ -345,7 +344,7 @@ pub(crate) fn page_cache_get(space: &Space, file: &File, index: u64) -> Result<P
             }
             None => {
                 let content = file.disk.lock().get(&index).copied().unwrap_or(0);
-                let pfn = m.alloc_page(GFP_USER)?;
+                let pfn = crate::alloc::alloc_page(m, GFP_USER)?;
                 let f = m.pool.get(pfn);
                 f.set_content(content);
                 f.set_mapping(file.id(), index);

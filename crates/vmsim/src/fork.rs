@@ -18,14 +18,15 @@ use crate::primitive::Ordering;
 
 use mmu_notifier::{Event, Range};
 
+use crate::alloc::GFP_USER;
 use crate::error::VmError;
-use crate::fault::GFP_USER;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
+use crate::machine::Space;
+use crate::process::Process;
 use crate::pte::{for_each_pte, pte_index, Pte};
-use crate::space::{Process, Space};
+use crate::task::Op;
 use crate::vma::{vm, Vma};
-use crate::watchdog::Op;
 
 impl Process {
     /// `fork(2)`: a child process with a copy-on-write copy of this address space.
@@ -34,7 +35,7 @@ impl Process {
     /// Takes both mmap locks for write; may sleep and allocate (page tables, pinned-page copies).
     pub fn fork(&self) -> Result<Process, VmError> {
         let parent = self.space();
-        let _task = parent.machine.enter(Op::Fork, parent.id(), 0);
+        let _task = parent.machine.tasks.enter(Op::Fork, parent.id(), 0);
         parent.check_stable()?;
         let child = parent.machine().spawn();
         let cs = child.space().clone();
@@ -140,7 +141,7 @@ fn copy_range(
     }
     // `copy_present_page`: the child gets its own copy of each pinned page.
     for (addr, pfn) in pinned {
-        let new = m.alloc_page(GFP_USER)?;
+        let new = crate::alloc::alloc_page(m, GFP_USER)?;
         let nf = m.pool.get(new);
         nf.set_content(m.pool.get(pfn).content());
         nf.set_mapping(child_anon, v.page_index(addr));

@@ -6,10 +6,10 @@ use mmu_notifier::Interval;
 use crate::error::VmError;
 use crate::fault::handle_fault;
 use crate::frame::Pfn;
+use crate::process::Process;
 use crate::pte::{pte_index, PAGE_SIZE};
-use crate::space::Process;
+use crate::task::Op;
 use crate::vma::check_range;
-use crate::watchdog::Op;
 
 /// One page as `hmm_range_fault` reports it (`HMM_PFN_VALID`, `HMM_PFN_WRITE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ impl Process {
         let vmas = space.mmap_lock.read();
         let m = &space.machine;
         let mut pinned = Vec::new();
-        let _task = m.enter(Op::PinUserPages, space.id(), addr);
+        let _task = m.tasks.enter(Op::PinUserPages, space.id(), addr);
         let mut a = addr;
         let mut result = Ok(());
         'pages: while a < end {

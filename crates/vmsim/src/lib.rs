@@ -26,6 +26,8 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 
+mod alloc;
+mod boot;
 pub mod check;
 pub mod error;
 mod exit;
@@ -34,6 +36,7 @@ mod file;
 mod fork;
 pub mod frame;
 pub mod gup;
+mod kswapd;
 pub mod lru;
 pub mod machine;
 pub mod madvise;
@@ -41,13 +44,16 @@ pub mod migrate;
 pub mod mmap;
 pub mod mprotect;
 pub mod oom;
+mod oom_report;
 mod primitive;
+mod process;
 pub mod pte;
 pub mod reclaim;
 pub mod rmap;
 mod rmap_walk;
-pub mod space;
+mod shrinker;
 pub mod swap;
+mod task;
 pub mod vma;
 pub mod watchdog;
 mod zap;
@@ -55,13 +61,15 @@ mod zap;
 pub use error::VmError;
 pub use frame::{Frame, FramePool, Pfn};
 pub use gup::HmmPfn;
+pub use machine::{mmap_lock_class, mmf, Space};
 pub use machine::{Config, Machine, Stats};
 pub use madvise::Advice;
 pub use migrate::MigrateReport;
 pub use mmap::{MapKind, MapRequest};
-pub use oom::ReapReport;
-pub use reclaim::Shrinker;
-pub use space::{Process, Space};
+pub use oom_report::ReapReport;
+pub use process::Process;
+pub use shrinker::Shrinker;
+pub use task::TaskGuard;
 pub use vma::vm;
 pub use watchdog::{HungTask, Watchdog};
 

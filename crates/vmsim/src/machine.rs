@@ -1,28 +1,29 @@
-//! The machine: physical memory, swap, the LRU, the address spaces, and the page allocator's
-//! policy (watermarks, kswapd, direct reclaim, the OOM killer).
+//! The machine's state: physical memory, swap, the LRU, the address spaces and their registry,
+//! anon_vmas and files, counters, and what each thread is doing.
 //!
-//! [`Machine::alloc_page`] is `__alloc_pages` in miniature (`mm/page_alloc.c`): every allocation
-//! first goes through the validator's allocation hook ([`lockdep::might_alloc`], which primes the
-//! reclaim and notifier maps exactly as `fs_reclaim_acquire` does), takes a free frame above the
-//! watermark, wakes kswapd when free memory falls below the low watermark, and — if nothing is
-//! free and the GFP flags allow it — reclaims in the allocating thread (direct reclaim, where a
-//! notifier callback runs inside whatever locks the allocator holds: seed 000), and finally
-//! invokes the OOM killer.
+//! The machine and its address spaces are one piece of state, as the kernel's globals and its
+//! `mm_struct`s are: the machine finds every address space (reclaim, the OOM killer walk them
+//! without their mmap locks), and every address space allocates from the machine. A
+//! [`Space`] (`struct mm_struct`) owns the contract's notifier state ([`mmu_notifier::Mm`]), the
+//! mmap lock (a validated read-write semaphore of the class `&mm->mmap_lock`) protecting its
+//! VMAs, its page table, and the flags the OOM paths read (`MMF_UNSTABLE`, `MMF_OOM_SKIP`). The page allocator's policy is
+//! in `alloc.rs`, building a machine and its kernel threads in `boot.rs`.
 
-use crate::primitive::{AtomicBool, AtomicU64, Ordering};
+use crate::primitive::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use mmu_notifier::Mm;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use lockdep::Gfp;
-
 use crate::error::VmError;
 use crate::frame::{FramePool, Pfn};
 use crate::lru::Lru;
-use crate::reclaim::Shrinker;
+use crate::pte::PageTable;
 use crate::rmap::{AnonVma, File, MmId};
-use crate::space::Space;
+use crate::shrinker::Shrinker;
 use crate::swap::Swap;
+use crate::vma::VmaTree;
 
 /// How a machine is built.
 #[derive(Clone, Debug)]
@@ -171,13 +172,11 @@ pub struct Inner {
     pub(crate) registry: lockdep::SpinLock<Registry>,
     pub(crate) shrinkers: lockdep::RwLock<Vec<Arc<dyn Shrinker>>>,
     pub(crate) counters: Counters,
-    pub(crate) kswapd: crate::reclaim::KswapdHandle,
+    pub(crate) kswapd: crate::kswapd::KswapdHandle,
     pub(crate) next_mm: AtomicU64,
-    pub(crate) oom_reports: crate::primitive::Mutex<Vec<crate::oom::ReapReport>>,
-    /// Every thread's operation slot, for the watchdog.
-    pub(crate) tasks: crate::primitive::Mutex<Vec<Weak<crate::watchdog::Slot>>>,
-    /// The watchdog's clock: periods elapsed since it started (0 without a watchdog).
-    pub(crate) watch_tick: AtomicU64,
+    pub(crate) oom_reports: crate::primitive::Mutex<Vec<crate::oom_report::ReapReport>>,
+    /// What each thread is doing, for the watchdog and for reports.
+    pub(crate) tasks: Arc<crate::task::Tasks>,
     /// Errors found where they could not be returned; [`Machine::check`] reports them.
     pub(crate) late_errors: crate::primitive::Mutex<Vec<VmError>>,
     /// Owner of each device-private frame (`page->pgmap->owner`).
@@ -190,39 +189,6 @@ pub struct Inner {
 pub struct Machine(pub(crate) Arc<Inner>);
 
 impl Machine {
-    /// Builds a machine.
-    pub fn new(config: Config) -> Result<Machine, VmError> {
-        config.validate()?;
-        let inner = Arc::new(Inner {
-            pool: FramePool::new(config.frames)?,
-            lru: Lru::new(),
-            swap: Swap::new(config.swap_slots),
-            registry: lockdep::SpinLock::new(
-                Registry {
-                    spaces: HashMap::new(),
-                    anon: HashMap::new(),
-                    files: HashMap::new(),
-                },
-                &REGISTRY_LOCK,
-            ),
-            shrinkers: lockdep::RwLock::new(Vec::new(), &SHRINKER_LOCK),
-            counters: Counters::default(),
-            kswapd: crate::reclaim::KswapdHandle::default(),
-            next_mm: AtomicU64::new(1),
-            oom_reports: crate::primitive::Mutex::new(Vec::new()),
-            late_errors: crate::primitive::Mutex::new(Vec::new()),
-            tasks: crate::primitive::Mutex::new(Vec::new()),
-            watch_tick: AtomicU64::new(0),
-            device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
-            shutdown: AtomicBool::new(false),
-            config,
-        });
-        if inner.config.kswapd {
-            crate::reclaim::start_kswapd(&inner);
-        }
-        Ok(Machine(inner))
-    }
-
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.0.config
@@ -268,29 +234,9 @@ impl Machine {
         }
     }
 
-    /// Allocates one frame (`alloc_pages(gfp, 0)`), reclaiming and OOM-killing as Linux would.
-    ///
-    /// # Context
-    /// With a blocking `gfp` (`GFP_KERNEL`, `GFP_NOIO`, …) it may sleep and may enter direct
-    /// reclaim, which calls MMU notifiers of any address space (the validator records that
-    /// possibility on every call, whether or not reclaim runs). `Gfp::ATOMIC` / `Gfp::NOWAIT`
-    /// never reclaim and may dip below the min watermark (atomic only). Fails with
-    /// [`VmError::OutOfMemory`] when nothing can be freed.
-    #[track_caller]
-    pub fn alloc_page(&self, gfp: Gfp) -> Result<Pfn, VmError> {
-        self.0.alloc_page(gfp)
-    }
-
     /// Drops a reference to a frame (`folio_put`), freeing it with the last.
     pub fn put_page(&self, pfn: Pfn) -> Result<bool, VmError> {
         self.0.put_page(pfn)
-    }
-
-    /// Reclaims up to `target` frames now, as kswapd would (`GFP_KERNEL` context). Returns the
-    /// frames freed.
-    pub fn reclaim(&self, target: usize) -> usize {
-        let _task = self.0.enter(crate::watchdog::Op::Reclaim, 0, target as u64);
-        crate::reclaim::reclaim(&self.0, target, Gfp::KERNEL)
     }
 
     /// Stops background threads (kswapd). Also done when the last handle goes.
@@ -306,6 +252,35 @@ impl Machine {
 }
 
 impl Inner {
+    /// The state of a machine built from `config` (validated), with no kernel thread yet.
+    pub(crate) fn new(config: Config) -> Result<Arc<Inner>, VmError> {
+        config.validate()?;
+        let inner = Arc::new(Inner {
+            pool: FramePool::new(config.frames)?,
+            lru: Lru::new(),
+            swap: Swap::new(config.swap_slots),
+            registry: lockdep::SpinLock::new(
+                Registry {
+                    spaces: HashMap::new(),
+                    anon: HashMap::new(),
+                    files: HashMap::new(),
+                },
+                &REGISTRY_LOCK,
+            ),
+            shrinkers: lockdep::RwLock::new(Vec::new(), &SHRINKER_LOCK),
+            counters: Counters::default(),
+            kswapd: crate::kswapd::KswapdHandle::default(),
+            next_mm: AtomicU64::new(1),
+            oom_reports: crate::primitive::Mutex::new(Vec::new()),
+            late_errors: crate::primitive::Mutex::new(Vec::new()),
+            tasks: Arc::new(crate::task::Tasks::default()),
+            device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
+            shutdown: AtomicBool::new(false),
+            config,
+        });
+        Ok(inner)
+    }
+
     pub(crate) fn spaces(&self) -> Vec<Arc<Space>> {
         self.registry
             .lock()
@@ -353,44 +328,6 @@ impl Inner {
         Ok(freed)
     }
 
-    #[track_caller]
-    pub(crate) fn alloc_page(&self, gfp: Gfp) -> Result<Pfn, VmError> {
-        lockdep::might_alloc(gfp);
-        let gfp = lockdep::current_gfp_context(gfp);
-        let atomic = !gfp.allows_blocking();
-        // Reclaim itself (PF_MEMALLOC) and atomic callers may use the reserve below `min`.
-        let reserve = atomic || crate::reclaim::in_reclaim();
-        let floor = if reserve { 0 } else { self.config.wmark_min };
-        for attempt in 0..3 {
-            if self.pool.nr_free() > floor {
-                if let Some(pfn) = self.pool.take() {
-                    if self.pool.nr_free() < self.config.wmark_low {
-                        self.kswapd.wake();
-                    }
-                    return Ok(pfn);
-                }
-            }
-            self.kswapd.wake();
-            if atomic || crate::reclaim::in_reclaim() {
-                break;
-            }
-            self.counters.direct_reclaim.fetch_add(1, Ordering::Relaxed);
-            let want = self.config.reclaim_batch.max(self.config.wmark_min + 1);
-            let freed = crate::reclaim::reclaim(self, want, gfp);
-            if freed == 0 && attempt >= 1 {
-                // No progress: the OOM killer (`out_of_memory`), then one more try.
-                if !crate::oom::out_of_memory(self) {
-                    break;
-                }
-            }
-        }
-        if let Some(pfn) = reserve.then(|| self.pool.take()).flatten() {
-            return Ok(pfn);
-        }
-        self.counters.alloc_failures.fetch_add(1, Ordering::Relaxed);
-        Err(VmError::OutOfMemory)
-    }
-
     pub(crate) fn register_space(&self, s: &Arc<Space>) {
         let mut r = self.registry.lock();
         r.spaces.retain(|_, w| w.strong_count() > 0);
@@ -433,5 +370,130 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Release);
         self.kswapd.stop();
+    }
+}
+
+/// `mm->flags` bits the simulator uses.
+pub mod mmf {
+    /// `MMF_UNSTABLE`: the OOM reaper has started; content is no longer reliable and faults fail.
+    pub const UNSTABLE: u32 = 1 << 0;
+    /// `MMF_OOM_SKIP`: reaped (or exited); the OOM killer no longer considers it.
+    pub const OOM_SKIP: u32 = 1 << 1;
+    /// The owning process was chosen by the OOM killer (`tsk_is_oom_victim`).
+    pub const OOM_VICTIM: u32 = 1 << 2;
+    /// `exit_mmap` has run.
+    pub const EXITED: u32 = 1 << 3;
+}
+
+static MMAP_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mm->mmap_lock");
+
+/// The lock class of every address space's mmap lock (what a driver's `might_lock` names).
+pub fn mmap_lock_class() -> lockdep::LockClass {
+    MMAP_LOCK.class()
+}
+
+/// One address space.
+pub struct Space {
+    id: MmId,
+    pub(crate) mm: Mm,
+    /// The mmap lock and the VMAs it protects; shared with the contract, which records
+    /// `might_lock` of it in unlocked registrations and checks it in the `_locked` ones.
+    pub(crate) mmap_lock: Arc<lockdep::RwLock<VmaTree>>,
+    pub(crate) pt: PageTable,
+    pub(crate) flags: AtomicU32,
+    pub(crate) rss: AtomicUsize,
+    pub(crate) users: AtomicUsize,
+    pub(crate) machine: Arc<Inner>,
+}
+
+impl Space {
+    pub(crate) fn new(machine: &Arc<Inner>) -> Arc<Space> {
+        let id = machine.next_mm.fetch_add(1, Ordering::Relaxed);
+        let mmap_lock = Arc::new(lockdep::RwLock::new(VmaTree::new(), &MMAP_LOCK));
+        let mm = Mm::builder()
+            .profile(machine.config.profile)
+            .mmap_lock(mmap_lock.clone())
+            .build();
+        let s = Arc::new(Space {
+            id,
+            mm,
+            mmap_lock,
+            pt: PageTable::new(),
+            flags: AtomicU32::new(0),
+            rss: AtomicUsize::new(0),
+            users: AtomicUsize::new(1),
+            machine: machine.clone(),
+        });
+        machine.register_space(&s);
+        s
+    }
+
+    /// The address space's id on its machine.
+    pub fn id(&self) -> MmId {
+        self.id
+    }
+    /// The contract's notifier state: subscribe secondary MMUs here.
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+    /// Resident pages mapped (`get_mm_rss`).
+    pub fn rss(&self) -> usize {
+        self.rss.load(Ordering::Acquire)
+    }
+    /// The `mm->flags` bits ([`mmf`]).
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
+    /// Whether a flag of [`mmf`] is set.
+    pub fn test(&self, f: u32) -> bool {
+        self.flags() & f != 0
+    }
+    pub(crate) fn set(&self, f: u32) -> u32 {
+        self.flags.fetch_or(f, Ordering::AcqRel)
+    }
+    /// The machine.
+    pub fn machine(&self) -> Machine {
+        Machine(self.machine.clone())
+    }
+    /// The VMAs, printed one per line as `/proc/PID/maps` would (takes the mmap lock for read).
+    pub fn maps(&self) -> String {
+        let vmas = self.mmap_lock.read();
+        vmas.iter().map(|v| format!("{v:?}\n")).collect()
+    }
+    /// Number of VMAs.
+    pub fn nr_vmas(&self) -> usize {
+        self.mmap_lock.read().len()
+    }
+    /// The primary's translation of `addr` now, read under its page-table lock: the frame of a
+    /// present or device-private entry and whether it is writable (`None`: no entry, a swap or
+    /// a migration entry). For checkers of secondary MMUs.
+    pub fn lookup(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
+        let pte = self.pt.leaf(addr)?.ptl.lock()[crate::pte::pte_index(addr)];
+        pte.pfn().map(|p| (p, pte.is_write()))
+    }
+    /// `check_stable_address_space`: faults fail once the OOM reaper has started.
+    pub(crate) fn check_stable(&self) -> Result<(), VmError> {
+        if self.test(mmf::UNSTABLE) {
+            return Err(VmError::Gone(format!(
+                "mm {} is being reaped by the OOM reaper (SIGBUS)",
+                self.id
+            )));
+        }
+        if self.test(mmf::EXITED) {
+            return Err(VmError::Gone(format!("mm {} has exited", self.id)));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Space {{ id: {}, rss: {}, flags: {:#x} }}",
+            self.id,
+            self.rss(),
+            self.flags()
+        )
     }
 }

@@ -18,10 +18,10 @@ use mmu_notifier::{Event, Range};
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
+use crate::process::Process;
 use crate::pte::for_each_pte;
-use crate::space::Process;
+use crate::task::Op;
 use crate::vma::{check_range, vm};
-use crate::watchdog::Op;
 use crate::zap::Gather;
 
 /// The advice.
@@ -54,7 +54,7 @@ impl Process {
     /// sleep.
     pub fn madvise(&self, addr: u64, len: u64, advice: Advice) -> Result<(), VmError> {
         let space = self.space();
-        let _task = space.machine.enter(Op::Madvise, space.id(), addr);
+        let _task = space.machine.tasks.enter(Op::Madvise, space.id(), addr);
         let end = check_range(addr, len)?;
         let flag = match advice {
             Advice::DontFork | Advice::DoFork => Some(vm::DONTCOPY),

@@ -21,14 +21,15 @@ use crate::primitive::Ordering;
 
 use mmu_notifier::{Event, Owner, Range};
 
+use crate::alloc::GFP_USER;
 use crate::error::VmError;
-use crate::fault::GFP_USER;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
 use crate::machine::Inner;
+use crate::machine::Space;
+use crate::process::Process;
 use crate::pte::{for_each_pte, pte_index, Leaf, Pte, PAGE_SIZE};
 use crate::rmap_walk::rmap_walk;
-use crate::space::{Process, Space};
 use crate::vma::check_range;
 
 /// What a migration did.
@@ -113,7 +114,7 @@ impl Process {
         let mut pending = collected.into_iter();
         while let Some((a, pfn, write)) = pending.next() {
             let old = m.pool.get(pfn);
-            let dev = match m.alloc_page(GFP_USER) {
+            let dev = match crate::alloc::alloc_page(m, GFP_USER) {
                 Ok(d) => d,
                 Err(e) => {
                     // Every entry not migrated yet goes back, not only this one.
@@ -184,7 +185,7 @@ fn migrate_one(m: &Inner, pfn: Pfn) -> Result<Option<Pfn>, VmError> {
         return Ok(None);
     }
     f.set(flags::ISOLATED);
-    let new = match m.alloc_page(GFP_USER) {
+    let new = match crate::alloc::alloc_page(m, GFP_USER) {
         Ok(n) => n,
         Err(e) => {
             m.lru.putback(&m.pool, pfn, LruKind::Inactive)?;
@@ -247,7 +248,7 @@ pub(crate) fn migrate_to_ram(
     let m = &space.machine;
     let dev = pte.pfn().expect("a device-private entry has a frame");
     let owner = m.device_owner.lock().get(&dev.0).copied().unwrap_or(0);
-    let new = m.alloc_page(GFP_USER)?;
+    let new = crate::alloc::alloc_page(m, GFP_USER)?;
     let df = m.pool.get(dev);
     let nf = m.pool.get(new);
     let (o, i) = df.mapping();

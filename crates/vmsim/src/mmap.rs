@@ -15,11 +15,12 @@ use std::sync::Arc;
 use mmu_notifier::{Event, Range};
 
 use crate::error::VmError;
+use crate::machine::Space;
+use crate::process::Process;
 use crate::pte::{for_each_pte, Pte, PAGE_SIZE};
 use crate::rmap::File;
-use crate::space::{Process, Space};
+use crate::task::Op;
 use crate::vma::{check_range, vm, Backing, Vma, VmaTree};
-use crate::watchdog::Op;
 use crate::zap::Gather;
 
 /// What to map.
@@ -129,6 +130,7 @@ impl Process {
         let space = self.space();
         let _task = space
             .machine
+            .tasks
             .enter(Op::Mmap, space.id(), req.addr.unwrap_or(0));
         space.check_stable()?;
         if req.prot & !(vm::READ | vm::WRITE | vm::EXEC) != 0 {
@@ -212,7 +214,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep (a blockable [`Event::Unmap`]).
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), VmError> {
         let space = self.space();
-        let _task = space.machine.enter(Op::Munmap, space.id(), addr);
+        let _task = space.machine.tasks.enter(Op::Munmap, space.id(), addr);
         let end = check_range(addr, len)?;
         let mut vmas = space.mmap_lock.write();
         do_munmap(space, &mut vmas, addr, end)
@@ -226,7 +228,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep (a blockable [`Event::Unmap`] of the old range).
     pub fn mremap_move(&self, old: u64, len: u64, new: Option<u64>) -> Result<u64, VmError> {
         let space = self.space();
-        let _task = space.machine.enter(Op::Mremap, space.id(), old);
+        let _task = space.machine.tasks.enter(Op::Mremap, space.id(), old);
         let old_end = check_range(old, len)?;
         let len = old_end - old;
         let mut vmas = space.mmap_lock.write();

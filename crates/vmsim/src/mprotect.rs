@@ -9,10 +9,10 @@
 use mmu_notifier::{Event, Range};
 
 use crate::error::VmError;
+use crate::process::Process;
 use crate::pte::for_each_pte;
-use crate::space::Process;
+use crate::task::Op;
 use crate::vma::{check_range, vm};
-use crate::watchdog::Op;
 
 impl Process {
     /// `mprotect(2)`: sets the protection of `[addr, addr + len)` to `prot`
@@ -23,7 +23,7 @@ impl Process {
     /// Takes the mmap lock for write; may sleep.
     pub fn mprotect(&self, addr: u64, len: u64, prot: u32) -> Result<(), VmError> {
         let space = self.space();
-        let _task = space.machine.enter(Op::Mprotect, space.id(), addr);
+        let _task = space.machine.tasks.enter(Op::Mprotect, space.id(), addr);
         if prot & !(vm::READ | vm::WRITE | vm::EXEC) != 0 {
             return Err(VmError::InvalidArgument(format!(
                 "protection {prot:#x} has bits other than READ|WRITE|EXEC"

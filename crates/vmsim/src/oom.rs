@@ -19,55 +19,14 @@ use crate::primitive::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::watchdog::Op;
+use crate::task::Op;
 use mmu_notifier::{Event, Range};
 
+use crate::machine::{mmf, Space};
 use crate::machine::{Inner, Machine};
-use crate::rmap::MmId;
-use crate::space::{mmf, Process, Space};
+pub use crate::oom_report::ReapReport;
+use crate::process::Process;
 use crate::zap::Gather;
-
-/// What the OOM reaper did with one victim.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReapReport {
-    /// The victim's address space.
-    pub mm: MmId,
-    /// Attempts made (at most the configured retries).
-    pub attempts: u32,
-    /// VMAs unmapped, summed over attempts.
-    pub reaped_vmas: usize,
-    /// Pages unmapped, summed over attempts.
-    pub reaped_pages: usize,
-    /// VMAs whose non-blockable start was refused, in the last attempt: `(start, end)`.
-    pub skipped: Vec<(u64, u64)>,
-    /// Attempts that could not take the mmap lock.
-    pub lock_failures: u32,
-    /// The reaper gave up after every attempt failed ("oom_reaper: unable to reap").
-    pub gave_up: bool,
-    /// `exit_mmap` got there first (`MMF_OOM_SKIP` was set).
-    pub already_exited: bool,
-}
-
-impl std::fmt::Display for ReapReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.gave_up {
-            write!(
-                f,
-                "oom_reaper: unable to reap mm {} after {} attempts ({} VMA(s) refused, {} lock failure(s))",
-                self.mm,
-                self.attempts,
-                self.skipped.len(),
-                self.lock_failures
-            )
-        } else {
-            write!(
-                f,
-                "oom_reaper: reaped mm {}: {} VMA(s), {} page(s) in {} attempt(s)",
-                self.mm, self.reaped_vmas, self.reaped_pages, self.attempts
-            )
-        }
-    }
-}
 
 /// One pass over the mm (`__oom_reap_task_mm`). Returns whether every VMA was reaped.
 fn reap_once(space: &Space, report: &mut ReapReport) -> bool {
@@ -117,7 +76,7 @@ fn reap_once(space: &Space, report: &mut ReapReport) -> bool {
 /// `oom_reap_task`: up to `retries` attempts with `delay` between failures, then
 /// `MMF_OOM_SKIP`.
 pub(crate) fn oom_reap(space: &Space, retries: u32, delay: Duration) -> ReapReport {
-    let _task = space.machine.enter(Op::OomReap, space.id(), 0);
+    let _task = space.machine.tasks.enter(Op::OomReap, space.id(), 0);
     let mut report = ReapReport {
         mm: space.id(),
         ..ReapReport::default()

@@ -19,7 +19,8 @@ use crate::primitive::Ordering;
 use std::cell::Cell;
 use std::sync::{Arc, Weak};
 
-use crate::primitive::{thread, thread_local, Condvar, Mutex};
+use crate::kswapd::KswapdState;
+use crate::primitive::{thread, thread_local};
 
 use lockdep::Gfp;
 use mmu_notifier::Event;
@@ -27,21 +28,10 @@ use mmu_notifier::Event;
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
 use crate::lru::LruKind;
-use crate::machine::Inner;
+use crate::machine::{Inner, Machine};
 use crate::pte::{Pte, PAGE_SIZE};
 use crate::rmap::CacheEntry;
 use crate::rmap_walk::rmap_walk;
-
-/// A cache that can give memory back under pressure (`struct shrinker`).
-pub trait Shrinker: Send + Sync {
-    /// A name for reports.
-    fn name(&self) -> &str;
-    /// How many objects could be freed (`count_objects`).
-    fn count(&self) -> usize;
-    /// Frees up to `n` objects; returns how many frames that gave back (`scan_objects`). Called
-    /// in reclaim context: must not allocate with a blocking GFP.
-    fn scan(&self, n: usize) -> usize;
-}
 
 thread_local! {
     static MEMALLOC: Cell<u32> = const { Cell::new(0) };
@@ -308,57 +298,6 @@ fn shrink_folio(m: &Inner, pfn: Pfn, check_references: bool) -> Result<bool, VmE
     m.put_page(pfn) // the isolation reference
 }
 
-#[derive(Default)]
-struct KswapdState {
-    /// `(woken, stopping)`.
-    flags: Mutex<(bool, bool)>,
-    cv: Condvar,
-}
-
-impl KswapdState {
-    /// Sleeps until woken; returns false when told to stop.
-    fn wait(&self) -> bool {
-        let mut s = self.flags.lock().unwrap_or_else(|e| e.into_inner());
-        while !s.0 && !s.1 {
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-        s.0 = false;
-        !s.1
-    }
-}
-
-/// kswapd's handle: its wake/stop state (shared with the thread, which holds only a weak
-/// reference to the machine while it sleeps) and the thread.
-#[derive(Default)]
-pub(crate) struct KswapdHandle {
-    state: Arc<KswapdState>,
-    thread: Mutex<Option<thread::JoinHandle<()>>>,
-}
-
-impl KswapdHandle {
-    /// `wakeup_kswapd`.
-    pub(crate) fn wake(&self) {
-        let mut s = self.state.flags.lock().unwrap_or_else(|e| e.into_inner());
-        s.0 = true;
-        self.state.cv.notify_one();
-    }
-
-    pub(crate) fn stop(&self) {
-        {
-            let mut s = self.state.flags.lock().unwrap_or_else(|e| e.into_inner());
-            s.1 = true;
-            self.state.cv.notify_one();
-        }
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            // The machine's last handle may be dropped by kswapd itself: never join oneself.
-            if h.thread().id() != thread::current().id() {
-                let _ = h.join();
-            }
-        }
-    }
-}
-
 pub(crate) fn start_kswapd(m: &Arc<Inner>) {
     let weak: Weak<Inner> = Arc::downgrade(m);
     let state = m.kswapd.state.clone();
@@ -391,5 +330,17 @@ fn kswapd(weak: Weak<Inner>, state: Arc<KswapdState>) {
         if !state.wait() {
             return;
         }
+    }
+}
+
+impl Machine {
+    /// Reclaims up to `target` frames now, as kswapd would (`GFP_KERNEL` context). Returns the
+    /// frames freed.
+    pub fn reclaim(&self, target: usize) -> usize {
+        let _task = self
+            .0
+            .tasks
+            .enter(crate::task::Op::Reclaim, 0, target as u64);
+        crate::reclaim::reclaim(&self.0, target, Gfp::KERNEL)
     }
 }

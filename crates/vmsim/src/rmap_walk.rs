@@ -15,9 +15,9 @@ use mmu_notifier::{Event, Range};
 
 use crate::frame::{flags, Pfn};
 use crate::machine::Inner;
+use crate::machine::Space;
 use crate::pte::{pte_index, Pte, PAGE_SIZE};
 use crate::rmap::{MapperSet, MmId};
-use crate::space::Space;
 
 trait HasMappers: Send + Sync {
     fn mappers(&self) -> &MapperSet;

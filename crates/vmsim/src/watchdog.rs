@@ -3,180 +3,15 @@
 //! validator's view of the locks it holds — so a real deadlock becomes a report, never a hung
 //! test.
 //!
-//! Every public operation of the simulator (fault, mmap, munmap, fork, exit, reclaim, OOM
-//! reaping, allocation) marks the calling thread busy for its duration ([`Machine::enter`]);
-//! drivers and scenarios mark their own sections (an ioctl, a device fault) the same way.
-//! Nesting keeps the outermost operation and its start time.
+//! What each thread is doing comes from the task records (`task.rs`); drivers and scenarios mark
+//! their own sections (an ioctl, a device fault) with [`Machine::enter`].
 
-use crate::primitive::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::cell::RefCell;
 use std::sync::{Arc, Weak};
-
-use crate::primitive::{thread, thread_local, Mutex};
 use std::time::Duration;
 
-use crate::machine::{Inner, Machine};
-
-/// The operations a task can be in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Op {
-    Idle = 0,
-    Fault,
-    Read,
-    Write,
-    Mmap,
-    Munmap,
-    Mremap,
-    Mprotect,
-    Madvise,
-    Fork,
-    ExitMmap,
-    PinUserPages,
-    Reclaim,
-    OomReap,
-    Custom,
-}
-
-const OPS: [Op; 15] = [
-    Op::Idle,
-    Op::Fault,
-    Op::Read,
-    Op::Write,
-    Op::Mmap,
-    Op::Munmap,
-    Op::Mremap,
-    Op::Mprotect,
-    Op::Madvise,
-    Op::Fork,
-    Op::ExitMmap,
-    Op::PinUserPages,
-    Op::Reclaim,
-    Op::OomReap,
-    Op::Custom,
-];
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Idle => "idle",
-            Op::Fault => "handle_mm_fault",
-            Op::Read => "read",
-            Op::Write => "write",
-            Op::Mmap => "mmap",
-            Op::Munmap => "munmap",
-            Op::Mremap => "mremap",
-            Op::Mprotect => "mprotect",
-            Op::Madvise => "madvise",
-            Op::Fork => "fork",
-            Op::ExitMmap => "exit_mmap",
-            Op::PinUserPages => "pin_user_pages",
-            Op::Reclaim => "reclaim",
-            Op::OomReap => "oom_reap_task",
-            Op::Custom => "custom",
-        }
-    }
-}
-
-/// One thread's current operation. Only its thread writes it (plain relaxed stores: the
-/// watchdog reads a possibly torn snapshot, which can only delay a report by one period).
-pub(crate) struct Slot {
-    thread: String,
-    depth: AtomicU32,
-    op: AtomicU8,
-    mm: AtomicU64,
-    addr: AtomicU64,
-    tick: AtomicU64,
-    reported: AtomicU64,
-    custom: Mutex<String>,
-}
-
-thread_local! {
-    static SLOTS: RefCell<Vec<(Weak<Inner>, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Marks the calling thread busy in an operation until dropped.
-#[must_use = "the operation ends when the guard is dropped"]
-pub struct TaskGuard {
-    slot: Arc<Slot>,
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        let d = self.slot.depth.load(Relaxed).saturating_sub(1);
-        self.slot.depth.store(d, Relaxed);
-        if d == 0 {
-            self.slot.op.store(Op::Idle as u8, Relaxed);
-        }
-    }
-}
-
-impl Inner {
-    fn slot(self: &Arc<Self>) -> Arc<Slot> {
-        SLOTS.with(|slots| {
-            let mut slots = slots.borrow_mut();
-            if let Some((_, s)) = slots
-                .iter()
-                .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)))
-            {
-                return s.clone();
-            }
-            slots.retain(|(w, _)| w.strong_count() > 0);
-            let t = thread::current();
-            let s = Arc::new(Slot {
-                thread: t
-                    .name()
-                    .map_or_else(|| format!("{:?}", t.id()), str::to_string),
-                depth: AtomicU32::new(0),
-                op: AtomicU8::new(Op::Idle as u8),
-                mm: AtomicU64::new(0),
-                addr: AtomicU64::new(0),
-                tick: AtomicU64::new(0),
-                reported: AtomicU64::new(u64::MAX),
-                custom: Mutex::new(String::new()),
-            });
-            self.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::downgrade(&s));
-            slots.push((Arc::downgrade(self), s.clone()));
-            s
-        })
-    }
-
-    /// Marks the calling thread busy in `op` on `(mm, addr)` until the guard drops. A few
-    /// relaxed atomics: no lock, no clock read, no allocation after the thread's first call.
-    pub(crate) fn enter(self: &Arc<Self>, op: Op, mm: u64, addr: u64) -> TaskGuard {
-        let slot = self.slot();
-        let d = slot.depth.load(Relaxed);
-        if d == 0 {
-            slot.mm.store(mm, Relaxed);
-            slot.addr.store(addr, Relaxed);
-            slot.tick.store(self.watch_tick.load(Relaxed), Relaxed);
-            slot.op.store(op as u8, Relaxed);
-        }
-        slot.depth.store(d + 1, Relaxed);
-        TaskGuard { slot }
-    }
-}
-
-/// The outermost operation the calling thread is in, on any machine: `(thread, op)`.
-pub(crate) fn current_op() -> Option<(String, String)> {
-    SLOTS
-        .try_with(|slots| {
-            slots.borrow().iter().find_map(|(_, s)| {
-                let op = OPS[s.op.load(Relaxed) as usize % OPS.len()];
-                let name = match op {
-                    Op::Idle => return None,
-                    Op::Custom => s.custom.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                    _ => op.name().to_string(),
-                };
-                Some((s.thread.clone(), name))
-            })
-        })
-        .ok()
-        .flatten()
-}
+use crate::machine::Machine;
+use crate::primitive::{thread, AtomicBool, Mutex, Ordering::Relaxed};
+use crate::task::{Op, Slot, TaskGuard, OPS};
 
 /// A task the watchdog found stuck.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,7 +81,7 @@ impl Machine {
     /// Marks the calling thread busy in an operation of its own (a driver's ioctl, a device
     /// fault) until the guard drops, for the watchdog; `what` names it in reports.
     pub fn enter(&self, what: impl Into<String>) -> TaskGuard {
-        let g = self.0.enter(Op::Custom, 0, 0);
+        let g = self.0.tasks.enter(Op::Custom, 0, 0);
         if g.slot.depth.load(Relaxed) == 1 {
             *g.slot.custom.lock().unwrap_or_else(|e| e.into_inner()) = what.into();
         }
@@ -268,9 +103,9 @@ impl Machine {
                 while !s2.load(std::sync::atomic::Ordering::Acquire) {
                     thread::sleep(period);
                     let Some(m) = weak.upgrade() else { return };
-                    let now = m.watch_tick.fetch_add(1, Relaxed) + 1;
+                    let now = m.tasks.tick.fetch_add(1, Relaxed) + 1;
                     let slots: Vec<Arc<Slot>> = {
-                        let mut t = m.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut t = m.tasks.slots.lock().unwrap_or_else(|e| e.into_inner());
                         t.retain(|w| w.strong_count() > 0);
                         t.iter().filter_map(Weak::upgrade).collect()
                     };

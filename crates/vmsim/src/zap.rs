@@ -9,8 +9,8 @@ use crate::primitive::Ordering;
 
 use crate::error::VmError;
 use crate::frame::{flags, Pfn};
+use crate::machine::Space;
 use crate::pte::{for_each_pte, Pte};
-use crate::space::Space;
 
 /// Pages taken out of page tables, to be released after the TLB flush (`struct mmu_gather`).
 #[must_use = "the gathered pages must be released with `finish`"]
