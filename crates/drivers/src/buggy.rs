@@ -121,7 +121,7 @@ impl BuggyMirror {
             if retry {
                 continue;
             }
-            pt.insert(addr, pfns[0].into());
+            pt.insert(addr, crate::devpt::one(&pfns)?.into());
             return Ok(());
         }
         Err(DriverError::Busy {
@@ -238,10 +238,11 @@ impl BuggyList {
     /// Maps the page at `addr` (nothing may run concurrently in this simple fault path).
     pub fn fault(&self, process: &Process, addr: u64) -> Result<(), DriverError> {
         let pinned = process.pin_user_pages(addr, 1, true)?;
+        let pfn = crate::devpt::one(&pinned)?;
         let m = self.state.space.machine();
         let t = Translation {
-            pfn: pinned[0],
-            generation: m.frames().frame(pinned[0])?.generation(),
+            pfn,
+            generation: m.frames().frame(pfn)?.generation(),
             write: true,
         };
         self.state.pt.lock().insert(addr, t);

@@ -191,3 +191,14 @@ pub fn touch_frame(space: &Space, pfn: vmsim::Pfn, store: Option<u64>) -> Result
         None => f.content(),
     })
 }
+
+/// The one element a one-page lookup (`pin_user_pages`, `hmm_range_fault`) returns.
+pub fn one<T: Copy>(found: &[T]) -> Result<T, DriverError> {
+    match found {
+        [one] => Ok(*one),
+        _ => Err(DriverError::Vm(VmError::Invariant(format!(
+            "a one-page lookup returned {} pages",
+            found.len()
+        )))),
+    }
+}

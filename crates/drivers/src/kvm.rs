@@ -287,10 +287,11 @@ impl Kvm {
             }
             let p = Space::mmget_not_zero(&vm.space).ok_or(DriverError::Released)?;
             let pinned = p.pin_user_pages(page, 1, write)?; // hva_to_pfn
+            let pfn = crate::devpt::one(&pinned)?;
             let m = vm.space.machine();
             let t = Translation {
-                pfn: pinned[0],
-                generation: m.frames().frame(pinned[0])?.generation(),
+                pfn,
+                generation: m.frames().frame(pfn)?.generation(),
                 write,
             };
             let installed = {

@@ -286,6 +286,12 @@ impl Userptr {
         store: Option<u64>,
     ) -> Result<u64, DriverError> {
         let o = &self.obj;
+        if index as u64 >= (o.end - o.start) / PAGE_SIZE {
+            return Err(DriverError::OutOfRange {
+                addr: o.start + index as u64 * PAGE_SIZE,
+                what: "the object",
+            });
+        }
         for _ in 0..MAX_TRIES {
             {
                 let pages = o.notifier_lock.lock();
