@@ -21,6 +21,7 @@ mod error;
 pub mod gntdev;
 pub mod kvm;
 pub mod odp;
+pub mod scenarios;
 pub mod sva;
 pub mod userptr;
 
