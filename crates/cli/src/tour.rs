@@ -7,6 +7,10 @@
 //! PASS/FAIL (or SKIP when the machine cannot run it, e.g. userfaultfd denied with
 //! `--source uffd`); the command fails when any step fails.
 //!
+//! The `*-system` steps run the seeds as the whole system: the simulated kernel (`vmsim`) with
+//! the reference drivers and the coherence checker of `drivers` (`drivers::scenarios`), each
+//! buggy then fixed; the steps before them stay as the validator's view in miniature.
+//!
 //! Lockdep findings are collected per scenario with a [`Scope`] (so they are not printed as
 //! they happen), and every scenario makes its own lock classes with a [`DynamicKey`], so the
 //! dependencies one step records never show up in another's report.
@@ -29,6 +33,9 @@ use mmu_notifier::{
     MmuNotifierOps, Profile, Range, WouldBlock,
 };
 use serde::Serialize;
+
+use drivers::odp::NonBlock;
+use drivers::scenarios;
 
 use crate::SourceArg;
 
@@ -54,6 +61,16 @@ Steps, in order (select with --only):
                              context (in_atomic: 1); spinlock clean
   race                       hostmm's registration cache against real munmap/mmap/mremap:
                              0 stale registrations (--rounds, --source, --seed)
+  seed000-system             the whole system (vmsim + crates/drivers): gntdev 4.12 reported
+                             without pressure, hung under it (watchdog); current driver clean
+  seed001-system             ODP's umem mutex across GFP_KERNEL / GFP_NOIO reported with no
+                             reclaim; GFP_ATOMIC clean
+  seed002-system             i915 userptr 5.7: reported, then hung under pressure; the current
+                             design under the same pressure clean
+  seed003-system             the OOM reaper and ODP: non_block report; trylock skipped,
+                             retried, reaped
+  seed004-system             KVM + ODP under the reaper: Pre5_12 leaves KVM's count raised and
+                             the guest fault stuck; current pairs every start
 
 Each step prints what it shows, what it expects, the evidence (for the lockdep steps the
 first report as lockdep prints it), its checks, and PASS, FAIL or SKIP. SKIP is only for the
@@ -126,10 +143,25 @@ pub(crate) enum Step {
     /// The registration cache against the real kernel: stale registrations must be 0.
     #[value(name = "race")]
     Race,
+    /// Seed 000 as the whole system: the Xen grant device of 4.12 under memory pressure.
+    #[value(name = "seed000-system")]
+    Seed000System,
+    /// Seed 001 as the whole system: RDMA ODP's lock across an allocation.
+    #[value(name = "seed001-system")]
+    Seed001System,
+    /// Seed 002 as the whole system: i915 userptr populating under pressure.
+    #[value(name = "seed002-system")]
+    Seed002System,
+    /// Seed 003 as the whole system: the OOM reaper and an ODP region.
+    #[value(name = "seed003-system")]
+    Seed003System,
+    /// Seed 004 as the whole system: KVM and ODP under the OOM reaper.
+    #[value(name = "seed004-system")]
+    Seed004System,
 }
 
 impl Step {
-    const ALL: [Step; 7] = [
+    const ALL: [Step; 12] = [
         Step::Seed004Pairing,
         Step::EpochHole,
         Step::Seed001Reclaim,
@@ -137,6 +169,11 @@ impl Step {
         Step::Seed003NonBlock,
         Step::Seed000Atomic,
         Step::Race,
+        Step::Seed000System,
+        Step::Seed001System,
+        Step::Seed002System,
+        Step::Seed003System,
+        Step::Seed004System,
     ];
 
     /// The name `--only` takes (the same as the `#[value(name)]` above).
@@ -149,6 +186,11 @@ impl Step {
             Step::Seed003NonBlock => "seed003-non-block",
             Step::Seed000Atomic => "seed000-atomic",
             Step::Race => "race",
+            Step::Seed000System => "seed000-system",
+            Step::Seed001System => "seed001-system",
+            Step::Seed002System => "seed002-system",
+            Step::Seed003System => "seed003-system",
+            Step::Seed004System => "seed004-system",
         }
     }
 
@@ -162,6 +204,11 @@ impl Step {
             Step::Seed003NonBlock => Some("003"),
             Step::Seed000Atomic => Some("000"),
             Step::Race => None,
+            Step::Seed000System => Some("000"),
+            Step::Seed001System => Some("001"),
+            Step::Seed002System => Some("002"),
+            Step::Seed003System => Some("003"),
+            Step::Seed004System => Some("004"),
         }
     }
 
@@ -202,6 +249,36 @@ impl Step {
                  invalidations races real munmap/mmap/mremap of the same range: it must never \
                  hand out a registration of a mapping that is gone."
             }
+            Step::Seed000System => {
+                "The whole system (vmsim + the gntdev driver of drivers/xen/gntdev.c): in 4.12 \
+                 the per-page callback that try_to_unmap_one calls under the page-table lock \
+                 takes priv->lock, which gntdev_mmap holds while it allocates and takes \
+                 page-table locks. The bug is a notifier that blocks on something reclaim \
+                 cannot guarantee, not only one that sleeps in atomic context (Michal Hocko)."
+            }
+            Step::Seed001System => {
+                "The whole system (vmsim + RDMA ODP, umem_odp.c): the umem mutex its notifier \
+                 takes, held across one GFP_KERNEL or GFP_NOIO allocation, is reported with no \
+                 reclaim ever running; GFP_ATOMIC is clean."
+            }
+            Step::Seed002System => {
+                "The whole system (vmsim + i915 userptr): the 5.7 design pins the object's pages \
+                 one by one with the object lock held; under pressure reclaim picks the \
+                 object's own pages and the notifier waits for the object. Notifiers are not \
+                 for influencing the mm's policy (Jason Gunthorpe): the current design pins \
+                 with no lock held and retries on the interval sequence."
+            }
+            Step::Seed003System => {
+                "The whole system (vmsim's OOM reaper + RDMA ODP): a notifier that takes its \
+                 mutex in the reaper's non-blockable range sleeps where it must not; with \
+                 trylock the reaper skips the region while a device fault holds the mutex, \
+                 retries, and reaps it."
+            }
+            Step::Seed004System => {
+                "The whole system (vmsim's OOM reaper + KVM + RDMA ODP on one process): before \
+                 5.12 a refused non-blocking start left KVM's mmu_invalidate_in_progress \
+                 raised and the guest's faults retried forever; now every start is paired."
+            }
         }
     }
 
@@ -236,6 +313,31 @@ impl Step {
                  in_atomic: 1; spinlock: no report"
             }
             Step::Race => "every round checked against the mapping in place: 0 stale registrations",
+            Step::Seed000System => {
+                "4.12 without pressure: sleeping in atomic context in the callback and a \
+                 ptl/priv->lock cycle; 4.12 under pressure: the watchdog reports the ioctl \
+                 thread hung; current driver under the same pressure: no hung task, no report, \
+                 no stale device access"
+            }
+            Step::Seed001System => {
+                "GFP_KERNEL and GFP_NOIO: a lock-order report through umem_mutex with 0 pages \
+                 reclaimed; GFP_ATOMIC: nothing"
+            }
+            Step::Seed002System => {
+                "5.7 design: a lock-order report on obj->mm.lock without pressure, the \
+                 populating thread hung under pressure; current design under the same \
+                 pressure: populated, the GPU reads the right data, nothing reported"
+            }
+            Step::Seed003System => {
+                "mutex: SleepingInInvalidContext with non_block: 1; trylock: refused at least \
+                 once, then reaped in a later attempt (8 pages), nothing reported"
+            }
+            Step::Seed004System => {
+                "Profile::Pre5_12: mmu_invalidate_in_progress >= 1 after the reaper, the guest \
+                 fault stuck, KVM's start unpaired; current: the 4.19 ODP cannot register, the \
+                 count is 0, the guest fault completes (EFAULT: the memory was reaped), no \
+                 report, no unpaired start"
+            }
         }
     }
 }
@@ -348,7 +450,7 @@ pub(crate) fn run(args: TourArgs) -> Result<()> {
     let mut out = Vec::with_capacity(total);
     if !args.json {
         println!(
-            "mmnotify tour: {} step{} (the seeds through mmu-notifier + lockdep, then the hostmm race)",
+            "mmnotify tour: {} step{} (the seeds through mmu-notifier + lockdep, the hostmm race, then the seeds as the whole system: vmsim + drivers)",
             total,
             if total == 1 { "" } else { "s" }
         );
@@ -366,6 +468,11 @@ pub(crate) fn run(args: TourArgs) -> Result<()> {
             Step::Seed003NonBlock => seed003_non_block(),
             Step::Seed000Atomic => seed000_atomic(),
             Step::Race => race(&args),
+            Step::Seed000System => seed000_system(),
+            Step::Seed001System => seed001_system(),
+            Step::Seed002System => seed002_system(),
+            Step::Seed003System => seed003_system(),
+            Step::Seed004System => seed004_system(),
         };
         let elapsed = t0.elapsed();
         let (finding, outcome) = match result {
@@ -1311,6 +1418,199 @@ fn race(args: &TourArgs) -> Result<Finding> {
         rounds_per_s: per_s(report.rounds),
         lockdep_reports,
     });
+    Ok(f)
+}
+
+// ------------------------------------------------------------------ the seeds as the whole system
+
+fn hung_names(o: &scenarios::Outcome) -> String {
+    if o.hung.is_empty() {
+        return "no hung task".to_owned();
+    }
+    o.hung
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn seed000_system() -> Result<Finding> {
+    let mut f = Finding::default();
+    let o = scenarios::seed000_validator()?;
+    let atomic = o.sleeping_in("gntdev.rs");
+    f.see(format!(
+        "4.12, one gntdev_mmap and one reclaim pass, no pressure: {}",
+        describe_reports(&o.reports)
+    ));
+    f.check(
+        "4.12 without pressure: sleeping in atomic context in the per-page callback",
+        atomic
+            .first()
+            .and_then(|r| r.context.as_ref())
+            .is_some_and(|c| c.in_atomic >= 1),
+    );
+    f.check(
+        "4.12 without pressure: the ptl / priv->lock cycle",
+        !o.cycles("&priv->lock").is_empty(),
+    );
+    f.keep("4.12 without pressure", &o.reports);
+    let o = scenarios::seed000_pressure(true, scenarios::HANG_LIMIT)?;
+    f.see(format!(
+        "4.12 under pressure ({} direct reclaims): {}",
+        o.direct_reclaim,
+        hung_names(&o)
+    ));
+    f.check(
+        "4.12 under pressure: the ioctl thread holding priv->lock is reported hung",
+        o.hung.iter().any(|h| h.thread == "gntdev-ioctl"),
+    );
+    let o = scenarios::seed000_pressure(false, scenarios::HANG_LIMIT)?;
+    f.see(format!(
+        "current driver under the same pressure ({} direct reclaims): {}, {}, {} stale access(es)",
+        o.direct_reclaim,
+        hung_names(&o),
+        describe_reports(&o.reports),
+        o.violations.len()
+    ));
+    f.check(
+        "current driver: pressure, and nothing wrong",
+        o.direct_reclaim > 0 && o.is_clean(),
+    );
+    f.notes.push(scenarios::HOCKO.to_owned());
+    Ok(f)
+}
+
+fn seed001_system() -> Result<Finding> {
+    let mut f = Finding::default();
+    for (gfp, name) in [(Gfp::KERNEL, "GFP_KERNEL"), (Gfp::NOIO, "GFP_NOIO")] {
+        let o = scenarios::seed001(gfp)?;
+        f.see(format!(
+            "{name} under umem_mutex: {} ({} pages reclaimed)",
+            describe_reports(&o.reports),
+            o.reclaimed
+        ));
+        f.check(
+            format!("{name}: reported through umem_mutex, reclaim never ran"),
+            !o.cycles("&umem_odp->umem_mutex").is_empty() && o.reclaimed == 0,
+        );
+        f.keep(name, &o.reports);
+    }
+    let o = scenarios::seed001(Gfp::ATOMIC)?;
+    f.see(format!(
+        "GFP_ATOMIC under umem_mutex: {}",
+        describe_reports(&o.reports)
+    ));
+    f.check("GFP_ATOMIC: nothing", o.is_clean());
+    Ok(f)
+}
+
+fn seed002_system() -> Result<Finding> {
+    let mut f = Finding::default();
+    let o = scenarios::seed002_validator()?;
+    f.see(format!(
+        "5.7 design, populate then DONTNEED, no pressure: {}",
+        describe_reports(&o.reports)
+    ));
+    f.check(
+        "5.7 design: a lock-order report on obj->mm.lock",
+        !o.cycles("&obj->mm.lock").is_empty(),
+    );
+    f.keep("5.7 design", &o.reports);
+    let o = scenarios::seed002_pressure(true, scenarios::HANG_LIMIT)?;
+    f.see(format!(
+        "5.7 design under pressure ({} direct reclaims): {}",
+        o.direct_reclaim,
+        hung_names(&o)
+    ));
+    f.check(
+        "5.7 design under pressure: the populating thread waits for its own object",
+        o.hung.iter().any(|h| h.thread == "i915-get-pages"),
+    );
+    let o = scenarios::seed002_pressure(false, scenarios::HANG_LIMIT)?;
+    f.see(format!(
+        "current design under the same pressure ({} direct reclaims): {}, {}, GPU read {}",
+        o.direct_reclaim,
+        hung_names(&o),
+        describe_reports(&o.reports),
+        o.guest_fault
+            .as_ref()
+            .map_or("right".to_owned(), |e| format!("{e:?}"))
+    ));
+    f.check(
+        "current design: populated under pressure, nothing wrong",
+        o.direct_reclaim > 0 && o.is_clean() && o.guest_fault.is_none(),
+    );
+    f.notes.push(drivers::userptr::GUNTHORPE.to_owned());
+    Ok(f)
+}
+
+fn seed003_system() -> Result<Finding> {
+    let mut f = Finding::default();
+    let o = scenarios::seed003(NonBlock::Sleep)?;
+    let bad = o.sleeping_in("odp.rs");
+    f.see(format!(
+        "mutex in the reaper's range: {}",
+        describe_reports(&o.reports)
+    ));
+    f.check(
+        "mutex: SleepingInInvalidContext with non_block: 1",
+        bad.first()
+            .and_then(|r| r.context.as_ref())
+            .is_some_and(|c| c.non_block == 1),
+    );
+    f.keep("mutex", &o.reports);
+    let o = scenarios::seed003(NonBlock::TryLock)?;
+    let reap = o.reap.clone().unwrap_or_default();
+    f.see(format!(
+        "trylock, mutex held by a device fault: {} refusal(s); {reap}",
+        o.refusals
+    ));
+    f.check(
+        "trylock: refused, retried, reaped, nothing reported",
+        o.refusals >= 1
+            && reap.attempts >= 2
+            && !reap.gave_up
+            && reap.reaped_pages == 8
+            && o.is_clean(),
+    );
+    Ok(f)
+}
+
+fn seed004_system() -> Result<Finding> {
+    let mut f = Finding::default();
+    let o = scenarios::seed004(Profile::Pre5_12)?;
+    f.see(format!(
+        "Profile::Pre5_12, KVM 4.19 + ODP 4.19: {}; mmu_invalidate_in_progress {:?}; guest fault: {:?}; {}",
+        o.reap.clone().unwrap_or_default(),
+        o.kvm_in_progress,
+        o.guest_fault,
+        o.unbalanced
+            .iter()
+            .map(|u| u.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    f.check(
+        "pre-5.12: the count stays raised, the guest fault is stuck, KVM's start unpaired",
+        o.kvm_in_progress.is_some_and(|n| n >= 1)
+            && o.guest_fault_stuck
+            && o.unbalanced.iter().any(|u| u.driver == "kvm-4.19"),
+    );
+    let o = scenarios::seed004(Profile::Current)?;
+    f.see(format!(
+        "current, KVM + ODP (interval): {}; mmu_invalidate_in_progress {:?}; guest fault: {:?}",
+        o.reap.clone().unwrap_or_default(),
+        o.kvm_in_progress,
+        o.guest_fault
+    ));
+    f.check(
+        "current: the 4.19 ODP cannot register, every start paired, the guest fault completes",
+        o.registration_refused == Some(true)
+            && o.kvm_in_progress == Some(0)
+            && !o.guest_fault_stuck
+            && o.guest_fault.is_some()
+            && o.is_clean(),
+    );
     Ok(f)
 }
 

@@ -112,7 +112,7 @@ fn bench_quick_json_reports_ratios() {
 
 // ------------------------------------------------------------------ tour
 
-const TOUR_STEPS: [&str; 7] = [
+const TOUR_STEPS: [&str; 12] = [
     "seed004-pairing",
     "epoch-hole",
     "seed001-reclaim",
@@ -120,6 +120,11 @@ const TOUR_STEPS: [&str; 7] = [
     "seed003-non-block",
     "seed000-atomic",
     "race",
+    "seed000-system",
+    "seed001-system",
+    "seed002-system",
+    "seed003-system",
+    "seed004-system",
 ];
 
 fn tour_json(args: &[&str]) -> Vec<serde_json::Value> {
@@ -154,13 +159,13 @@ fn tour_passes_every_step_and_exits_0() {
         );
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    assert!(stdout.contains("7 steps: 7 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("12 steps: 12 passed, 0 failed"), "{stdout}");
     // The kernel-style text of the first finding of a lockdep step.
     assert!(stdout.contains("non_block: 1"), "{stdout}");
 }
 
 #[test]
-fn tour_json_has_all_seven_steps_passed_with_lockdep_reports() {
+fn tour_json_has_all_twelve_steps_passed_with_lockdep_reports() {
     let steps = tour_json(&["--rounds", "200", "--source", "auto"]);
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, TOUR_STEPS);
