@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::Event;
 
-/// A run-time violation of the notifier contract (reference §1.10).
+/// A run-time violation of the notifier contract: one of the `WARN_ON`s of
+/// `mm/mmu_notifier.c` (or a misuse the kernel only forbids in a comment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warning {
     /// A list subscriber's `invalidate_range_start` failed in a blockable range, where it

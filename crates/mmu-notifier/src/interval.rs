@@ -27,22 +27,18 @@
 //! An inserted interval starts with a sequence that forces its first `read_begin` to wait for
 //! the invalidation in flight, if any, since nobody knows whether it covered the new range.
 
-use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 
-use smallvec::SmallVec;
-
-use crate::annotate::{self, lock_as, ContractLock};
-use crate::diag::Warning;
-use crate::interval_tree::{IntervalTree, NodeId};
-use crate::mm::Subscriptions;
+use crate::annotate;
+use crate::itree::{Entry, Node};
 use crate::primitive::{
-    lock, wait, AtomicU64,
+    AtomicU64,
     Ordering::{Acquire, Release},
 };
-use crate::tls;
-use crate::{Error, Event, Mm, Range, WouldBlock};
+use crate::subscribers::Subscriptions;
+use crate::{Error, Mm, Range};
+
+pub use crate::itree::IntervalState;
 
 /// An interval subscriber (`struct mmu_interval_notifier_ops`).
 pub trait IntervalNotifierOps: Send + Sync + 'static {
@@ -71,185 +67,6 @@ pub trait IntervalNotifierOps: Send + Sync + 'static {
 impl<T: IntervalNotifierOps> IntervalNotifierOps for Arc<T> {
     fn invalidate(&self, interval: &Interval, range: &Range, cur_seq: u64) -> bool {
         (**self).invalidate(interval, range, cur_seq)
-    }
-}
-
-/// The state under the address space's interval lock (the kernel's spinlock).
-pub(crate) struct ItreeState {
-    seq: u64,
-    active: u64,
-    tree: IntervalTree<Arc<Interval>>,
-    nodes: HashMap<u64, NodeId>,
-    /// Queued while the tree is frozen: insert if not in `nodes`, else remove.
-    deferred: Vec<Arc<Interval>>,
-    next_id: u64,
-    /// Threads waiting in `wait_seq_change`: the end of an epoch wakes only when there are
-    /// any (a condition-variable notify is a futex system call even with nobody waiting).
-    waiters: u64,
-}
-
-impl ItreeState {
-    pub(crate) fn new() -> ItreeState {
-        ItreeState {
-            seq: 2,
-            active: 0,
-            tree: IntervalTree::new(),
-            nodes: HashMap::new(),
-            deferred: Vec::new(),
-            next_id: 1,
-            waiters: 0,
-        }
-    }
-
-    fn invalidating(&self) -> bool {
-        self.seq & 1 == 1
-    }
-
-    fn tree_insert(&mut self, iv: &Arc<Interval>) {
-        let id = self.tree.insert(iv.start, iv.last, iv.clone());
-        self.nodes.insert(iv.id, id);
-    }
-}
-
-/// A snapshot of an address space's interval state, for tests and tools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IntervalState {
-    /// The address space's sequence number (odd while an interval is being invalidated).
-    pub seq: u64,
-    /// Invalidations started and not yet ended.
-    pub active: u64,
-    /// Intervals in the tree.
-    pub intervals: usize,
-    /// Inserts and removes waiting for the epoch to end.
-    pub deferred: usize,
-}
-
-impl IntervalState {
-    /// Whether an interval epoch is open (the sequence is odd).
-    pub fn invalidating(&self) -> bool {
-        self.seq & 1 == 1
-    }
-}
-
-type Hits = SmallVec<[Arc<Interval>; 8]>;
-
-impl Subscriptions {
-    /// `mn_itree_inv_start_range` plus collecting the hit intervals, in ascending start order.
-    fn itree_start_range(&self, range: &Range) -> (u64, Hits) {
-        let mut st = lock_as(&self.itree, ContractLock::Itree);
-        st.active += 1;
-        let mut hits = Hits::new();
-        st.tree
-            .for_each_overlap(range.start(), range.last(), |_, _, _, iv| {
-                hits.push(iv.clone());
-                ControlFlow::Continue(())
-            });
-        if !hits.is_empty() {
-            st.seq |= 1;
-        }
-        (st.seq, hits)
-    }
-
-    /// `mn_itree_invalidate`: calls every hit interval; a refusal in a non-blockable range
-    /// closes this invalidation's share of the epoch and fails.
-    pub(crate) fn itree_invalidate(&self, range: &Range) -> Result<(), WouldBlock> {
-        let (cur_seq, hits) = self.itree_start_range(range);
-        let blockable = range.is_blockable();
-        for iv in &hits {
-            // Unlike `mn_itree_invalidate` in Linux, which leaves interval callbacks outside
-            // `non_block_start()`, a non-blockable range checks them for sleeping exactly as it
-            // checks list callbacks: the section is opened here, the dispatch's own call site.
-            let ok = {
-                let _nb = if blockable {
-                    None
-                } else {
-                    Some(annotate::non_block())
-                };
-                iv.ops.invalidate(iv, range, cur_seq)
-            };
-            if !ok {
-                if blockable {
-                    self.diag
-                        .report(Warning::BlockableIntervalRefused { start: iv.start });
-                    continue;
-                }
-                drop(hits);
-                self.itree_inv_end();
-                return Err(WouldBlock);
-            }
-        }
-        Ok(())
-    }
-
-    /// `mn_itree_inv_end`: the last active invalidation closes the epoch, applies the deferred
-    /// list and wakes waiters.
-    pub(crate) fn itree_inv_end(&self) {
-        let mut dropped: Hits = Hits::new();
-        let wake;
-        {
-            let mut st = lock_as(&self.itree, ContractLock::Itree);
-            st.active = st.active.saturating_sub(1);
-            if st.active != 0 || !st.invalidating() {
-                return;
-            }
-            // Waiters register under this lock before they sleep, and `seq` changes under it,
-            // so none can be missed.
-            wake = st.waiters != 0;
-            st.seq = st.seq.wrapping_add(1);
-            for iv in std::mem::take(&mut st.deferred) {
-                match st.nodes.remove(&iv.id) {
-                    Some(node) => dropped.extend(st.tree.remove(node)),
-                    None => st.tree_insert(&iv),
-                }
-                dropped.push(iv);
-            }
-        }
-        if wake {
-            self.itree_wq.notify_all();
-        }
-        // Interval handles may drop here, outside the lock.
-        drop(dropped);
-    }
-
-    /// `mn_itree_release`: the teardown invalidation, which nobody may refuse.
-    pub(crate) fn itree_release(&self) {
-        let range = Range::whole(Event::Release);
-        let (cur_seq, hits) = self.itree_start_range(&range);
-        {
-            let _mark = tls::enter(self.mm_id);
-            for iv in &hits {
-                if !iv.ops.invalidate(iv, &range, cur_seq) {
-                    self.diag
-                        .report(Warning::ReleaseInvalidateRefused { start: iv.start });
-                }
-            }
-        }
-        drop(hits);
-        self.itree_inv_end();
-    }
-
-    fn wait_seq_change(&self, seq: u64) {
-        // The kernel waits with `wait_event`, outside the tree lock; the condition variable
-        // releases the lock while waiting, so the validator does not see it held here.
-        annotate::might_sleep();
-        let mut st = lock(&self.itree);
-        if st.seq == seq {
-            st.waiters += 1;
-            while st.seq == seq {
-                st = wait(&self.itree_wq, st);
-            }
-            st.waiters -= 1;
-        }
-    }
-
-    pub(crate) fn interval_state(&self) -> IntervalState {
-        let st = lock_as(&self.itree, ContractLock::Itree);
-        IntervalState {
-            seq: st.seq,
-            active: st.active,
-            intervals: st.tree.len(),
-            deferred: st.deferred.len(),
-        }
     }
 }
 
@@ -319,23 +136,7 @@ impl Interval {
     /// lock the callback takes (that is an ABBA deadlock with the invalidation). Allocates
     /// nothing; never fails.
     pub fn read_begin(&self) -> u64 {
-        let (seq, hit) = {
-            let st = lock_as(&self.subs.itree, ContractLock::Itree);
-            let seq = self.seq.load(Acquire);
-            (seq, seq == st.seq)
-        };
-        annotate::invalidate_map_might_lock();
-        if hit {
-            if tls::inside(self.subs.mm_id) {
-                self.subs
-                    .diag
-                    .report(Warning::CalledFromCallback { api: "read_begin" });
-                // Interval sequences are always odd: an even value never matches.
-                return seq & !1;
-            }
-            self.subs.wait_seq_change(seq);
-        }
-        seq
+        self.subs.itree.read_begin(|| self.seq.load(Acquire))
     }
 
     /// Whether the read side begun with `seq` must retry (`mmu_interval_read_retry`). Call it
@@ -376,52 +177,27 @@ impl Interval {
         self.seq.store(cur_seq, Release);
     }
 
-    fn remove(self: &Arc<Self>) -> Result<(), Error> {
-        let subs = &self.subs;
-        let in_callback = tls::inside(subs.mm_id);
-        let mut wait_seq = None;
-        let dropped;
-        {
-            let mut st = lock_as(&subs.itree, ContractLock::Itree);
-            if st.invalidating() {
-                if st.nodes.contains_key(&self.id) {
-                    // Frozen tree: queue the removal and wait for the epoch to end.
-                    st.deferred.push(self.clone());
-                    wait_seq = Some(st.seq);
-                } else {
-                    // Its insert is still queued: cancel it.
-                    let before = st.deferred.len();
-                    st.deferred.retain(|d| !Arc::ptr_eq(d, self));
-                    if st.deferred.len() == before {
-                        subs.diag
-                            .report(Warning::RemoveNotInTree { start: self.start });
-                    }
-                }
-                dropped = None;
-            } else {
-                dropped = match st.nodes.remove(&self.id) {
-                    Some(node) => st.tree.remove(node),
-                    None => {
-                        subs.diag
-                            .report(Warning::RemoveNotInTree { start: self.start });
-                        None
-                    }
-                };
-            }
-        }
-        drop(dropped);
-        if in_callback && wait_seq.is_some() {
-            subs.diag.report(Warning::CalledFromCallback {
-                api: "interval remove",
-            });
-            return Err(Error::InCallback("IntervalNotifier::remove"));
-        }
-        annotate::might_sleep();
-        annotate::invalidate_map_might_lock();
-        if let Some(seq) = wait_seq {
-            subs.wait_seq_change(seq);
-        }
-        Ok(())
+    fn entry(self: &Arc<Self>) -> Entry {
+        self.clone()
+    }
+}
+
+impl Node for Interval {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn last(&self) -> u64 {
+        self.last
+    }
+    #[inline]
+    fn invalidate(&self, range: &Range, cur_seq: u64) -> bool {
+        self.ops.invalidate(self, range, cur_seq)
+    }
+    fn set_seq(&self, seq: u64) {
+        self.seq.store(seq, Release);
     }
 }
 
@@ -482,14 +258,14 @@ impl IntervalNotifier {
     /// `Error::InCallback`. Allocates nothing; never panics.
     pub fn remove(mut self) -> Result<(), Error> {
         self.removed = true;
-        self.iv.remove()
+        self.iv.subs.itree.remove(&self.iv.entry())
     }
 }
 
 impl Drop for IntervalNotifier {
     fn drop(&mut self) {
         if !self.removed {
-            let _ = self.iv.remove();
+            let _ = self.iv.subs.itree.remove(&self.iv.entry());
         }
     }
 }
@@ -578,12 +354,8 @@ impl Mm {
             return Err(Error::Released);
         }
         let subs = self.subs_arc();
-        subs.enable_itree(self.srcu())?;
-        let id = {
-            let mut st = lock_as(&subs.itree, ContractLock::Itree);
-            st.next_id += 1;
-            st.next_id - 1
-        };
+        subs.itree.enable(self.srcu())?;
+        let id = subs.itree.next_id();
         // Built outside the tree lock: `make` is the driver's code.
         let iv = Arc::new_cyclic(|weak| Interval {
             start,
@@ -594,24 +366,7 @@ impl Mm {
             subs: subs.clone(),
             mm: self.clone(),
         });
-        let mut st = lock_as(&subs.itree, ContractLock::Itree);
-        if st.active != 0 {
-            if st.invalidating() {
-                st.deferred.push(iv.clone());
-            } else {
-                st.seq |= 1;
-                st.tree_insert(&iv);
-            }
-            iv.seq.store(st.seq, Release);
-        } else {
-            if st.invalidating() {
-                subs.diag
-                    .report(Warning::OddSequenceWhileIdle { seq: st.seq });
-            }
-            iv.seq.store(st.seq.wrapping_sub(1), Release);
-            st.tree_insert(&iv);
-        }
-        drop(st);
+        subs.itree.insert(iv.entry());
         Ok(IntervalNotifier { iv, removed: false })
     }
 
@@ -623,9 +378,9 @@ impl Mm {
     /// spinlock in the kernel); never sleeps; allocates nothing; never fails.
     pub fn interval_state(&self) -> Option<IntervalState> {
         let subs = self.subs()?;
-        if !subs.has_itree.load(Acquire) {
+        if !subs.itree.is_enabled() {
             return None;
         }
-        Some(subs.interval_state())
+        Some(subs.itree.snapshot())
     }
 }

@@ -94,12 +94,24 @@ mod annotate;
 pub mod diag;
 mod error;
 pub mod interval;
+// The interval index is an implementation detail; `bench-internals` opens it (hidden from the
+// docs) to the benchmarks and the index's model test.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
 pub mod interval_tree;
+#[cfg(not(feature = "bench-internals"))]
+#[allow(dead_code)]
+mod interval_tree;
+mod invalidate;
+mod itree;
 mod mm;
 mod ops;
 mod primitive;
+mod profile;
 mod range;
 mod srcu;
+mod subscribers;
+mod subscription;
 mod tls;
 
 #[cfg(feature = "lockdep")]
@@ -107,8 +119,9 @@ pub use annotate::{Finding, Findings};
 pub use diag::{DiagMode, Diagnostics, Warning};
 pub use error::{Error, WouldBlock};
 pub use interval::{Interval, IntervalNotifier, IntervalNotifierOps, IntervalRef, IntervalState};
-pub use mm::{
-    InvalidateGuard, Mm, MmBuilder, MmUser, MmapLock, Profile, SharedSubscription, Subscription,
-};
+pub use invalidate::InvalidateGuard;
+pub use mm::{Mm, MmBuilder, MmUser, MmapLock};
 pub use ops::{Capabilities, MmuNotifierOps};
+pub use profile::Profile;
 pub use range::{Event, Owner, Range};
+pub use subscription::{SharedSubscription, Subscription};

@@ -1,8 +1,10 @@
 //! The synchronization primitives the crate is built from.
 //!
 //! Under `--cfg loom` they come from `loom`, so the model tests in `tests/loom_*.rs` exercise
-//! the real protocol code; otherwise from `std`. Nothing else in the crate names `std::sync`
-//! directly.
+//! the real protocol code. Under `--cfg shuttle` (and not loom) they come from `shuttle`: a
+//! simulation built on this crate then runs under shuttle's scheduler, one interleaving per
+//! execution, and a seed replays it (`tests/shuttle_model.rs`). Otherwise from `std`. Nothing
+//! else in the crate names `std::sync` directly.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
@@ -11,11 +13,18 @@ pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(loom)]
 pub(crate) use loom::thread_local;
 
-#[cfg(not(loom))]
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::thread_local;
+
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::thread_local;
 
 pub(crate) use std::sync::atomic::Ordering;
@@ -44,6 +53,8 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, 
 pub(crate) fn spin_hint() {
     #[cfg(loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(all(shuttle, not(loom)))]
+    shuttle::thread::yield_now();
+    #[cfg(not(any(loom, shuttle)))]
     std::hint::spin_loop();
 }

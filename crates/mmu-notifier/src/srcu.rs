@@ -7,11 +7,13 @@
 //!
 //! ## Why per address space
 //!
-//! Linux uses one global SRCU for all mms, because kernel SRCU costs four words per CPU per
-//! instance. The price is that a callback sleeping in one mm delays every unregister and every
-//! exit in the system (reference §1.8). Here a domain is about 1 KiB (eight cache-line-aligned counter
-//! stripes), so each [`Mm`](crate::Mm) has its own: a slow callback in one address space delays only that address space's
-//! unregisters.
+//! Linux uses one global SRCU for all mms (`srcu` in `mm/mmu_notifier.c`), because kernel
+//! SRCU costs four words per CPU per instance. The price is that a callback sleeping in one mm
+//! delays every unregister and every exit in the system. Here a domain is about 1 KiB (eight
+//! cache-line-aligned counter stripes), so each [`Mm`](crate::Mm) has its own: a slow callback
+//! in one address space delays only that address space's unregisters. Every invalidation holds
+//! a read section of it from start to end, subscribed or not (see `Mm::register`, "The first
+//! subscription").
 //!
 //! ## The mechanism
 //!
@@ -32,7 +34,7 @@
 //!
 //! The protocol is two store-load pairs (Dekker's pattern). Reader: increment `readers[i]`,
 //! then load the list pointer. Updater: swap the list pointer, then load `readers[i]`. Every one
-//! of those four accesses is `SeqCst` (the list pointer's too, in `mm.rs`), so they sit in the
+//! of those four accesses is `SeqCst` (the list pointer's too, in `subscribers.rs`), so they sit in the
 //! single total order S: if the reader's load saw the old list, it precedes the swap in S, so
 //! the reader's increment precedes the updater's load of the counter in S, and that load sees
 //! it; the updater waits. The same holds for `has_itree` (stored before a grace period, loaded
@@ -79,8 +81,9 @@ const STRIPES: usize = 1;
 #[repr(align(128))]
 struct Stripe([AtomicUsize; 2]);
 
-/// This thread's stripe.
-#[cfg(not(loom))]
+/// This thread's stripe (under shuttle: always the first, since shuttle's threads may share
+/// one OS thread and its thread-locals).
+#[cfg(not(any(loom, shuttle)))]
 #[inline]
 fn my_stripe() -> usize {
     use std::cell::Cell;
@@ -99,7 +102,7 @@ fn my_stripe() -> usize {
     })
 }
 
-#[cfg(loom)]
+#[cfg(any(loom, shuttle))]
 fn my_stripe() -> usize {
     0
 }
@@ -219,7 +222,7 @@ impl Srcu {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(any(loom, shuttle))))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool as StdBool;

@@ -67,7 +67,7 @@ fn a_mutex_in_a_non_blockable_interval_callback_is_reported_at_the_dispatch() {
     let ctx = r[0].context.as_ref().expect("context counters");
     assert_eq!((ctx.non_block, ctx.in_atomic), (1, 0));
     let since = ctx.non_block_since.as_ref().expect("where non_block began");
-    assert!(since.file.ends_with("interval.rs"), "{since:?}");
+    assert!(since.file.ends_with("itree.rs"), "{since:?}");
     drop(scope);
     iv.remove().unwrap();
 }

@@ -1,4 +1,5 @@
-//! One test (or a few) per row of the feature table F1–F15 and F18 (reference §9), plus the
+//! One test (or a few) per row of the feature table F1–F15 and F18 (the feature table in the
+//! repository's `docs/contract.md`), plus the
 //! seed-004 scenario in miniature.
 
 mod common;
@@ -963,7 +964,7 @@ fn register_from_inside_a_callback_is_an_error_and_registers_nothing() {
     assert_eq!(d.count_kind("called-from-callback"), 1);
 }
 
-// ------------------------------------------- the interval epoch after a list refusal (§1.7)
+// ------------------------------------------- the interval epoch after a list refusal
 
 fn interval_then_list_refusal(
     profile: Profile,
@@ -1009,7 +1010,7 @@ fn pre_5_12_profile_leaves_the_interval_epoch_open_like_linux() {
     assert_eq!(
         (st.active, st.invalidating()),
         (1, true),
-        "the hole of reference §1.7"
+        "the epoch Linux leaves open after a list refusal"
     );
     // A removal now could only wait forever; from a callback-free thread it would. Show that
     // it is queued instead of applied.

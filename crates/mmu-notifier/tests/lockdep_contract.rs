@@ -175,7 +175,7 @@ fn seed003_mutex_in_nonblockable_start_is_reported_with_non_block_1() {
     assert_eq!(ctx.in_atomic, 0);
     // The section is attributed to the dispatch that opened it, not to library internals.
     let since = ctx.non_block_since.as_ref().expect("where non_block began");
-    assert!(since.file.ends_with("mm.rs"), "{since:?}");
+    assert!(since.file.ends_with("invalidate.rs"), "{since:?}");
     assert!(r[0].to_string().contains("non_block: 1"), "{}", r[0]);
 }
 

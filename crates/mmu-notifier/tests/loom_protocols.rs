@@ -74,7 +74,7 @@ impl IntervalNotifierOps for DevRef {
         #[cfg(not(mmn_broken = "skip_set_seq"))]
         iv.set_seq(cur_seq);
         #[cfg(mmn_broken = "skip_set_seq")]
-        let _ = cur_seq;
+        let _ = (iv, cur_seq);
         *pt = None;
         true
     }

@@ -1,0 +1,159 @@
+//! The copy-on-write subscriber list and its grace periods (the kernel's `hlist` of
+//! `struct mmu_notifier` under `subscriptions->lock`, read under SRCU, freed by `call_srcu`),
+//! and the per-address-space state that holds it next to the interval tree.
+//!
+//! Writers replace the whole list under the list lock and retire the old one; readers walk the
+//! current list inside a read section of the address space's grace-period domain, without a
+//! lock. What was retired is freed only after a grace period.
+
+use std::any::TypeId;
+use std::sync::Arc;
+
+use crate::annotate::{lock_as, ContractLock};
+use crate::diag::Diagnostics;
+use crate::itree::Itree;
+use crate::ops::{Capabilities, MmuNotifierOps};
+use crate::primitive::{
+    AtomicBool, AtomicPtr, AtomicU32, Mutex,
+    Ordering::{AcqRel, Acquire, SeqCst},
+};
+use crate::profile::Profile;
+use crate::srcu::Srcu;
+
+/// The subscriber list: replaced wholesale on every change (copy-on-write), read inside an
+/// SRCU read section without any lock.
+pub(crate) type SubList = Vec<Arc<Subscriber>>;
+
+/// A list subscriber (`struct mmu_notifier`).
+pub(crate) struct Subscriber {
+    pub(crate) id: u64,
+    pub(crate) caps: Capabilities,
+    pub(crate) ops: Box<dyn MmuNotifierOps>,
+    /// For shared (get/put) subscriptions: the ops type, and a typed handle to hand out.
+    pub(crate) shared: Option<(TypeId, Box<dyn std::any::Any + Send + Sync>)>,
+    /// Users of a shared subscription; changed only under the list lock.
+    pub(crate) users: AtomicU32,
+    /// Set by whoever calls `release` (mm teardown or unregister), so it runs exactly once.
+    pub(crate) release_claimed: AtomicBool,
+}
+
+impl Subscriber {
+    pub(crate) fn claim_release(&self) -> bool {
+        !self.release_claimed.swap(true, AcqRel)
+    }
+}
+
+/// A retired subscriber list, freed once no reader can still be walking it.
+pub(crate) struct RetiredList(*mut SubList);
+
+// SAFETY: the pointer owns a `Box<SubList>`; `SubList` is `Send`.
+unsafe impl Send for RetiredList {}
+
+impl Drop for RetiredList {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` in `new` or `update_list`, unlinked from `list` before it was
+        // retired, and dropped only after a grace period (or when the subscriptions die), so no
+        // reader holds it.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+pub(crate) struct ListState {
+    pub(crate) next_id: u64,
+    /// Unlinked lists and subscribers waiting for a grace period (the kernel's `call_srcu`).
+    pub(crate) retired: Vec<Retired>,
+}
+
+/// Something freed after a grace period.
+pub(crate) enum Retired {
+    List(#[allow(dead_code)] RetiredList),
+    Sub(#[allow(dead_code)] Arc<Subscriber>),
+}
+
+/// The per-mm state behind [`Mm`] (`struct mmu_notifier_subscriptions`).
+pub(crate) struct Subscriptions {
+    pub(crate) profile: Profile,
+    /// Never null: the current `Box<SubList>`.
+    list: AtomicPtr<SubList>,
+    pub(crate) list_lock: Mutex<ListState>,
+    /// Serialises `notifier_get` (the kernel holds the mmap write lock there).
+    pub(crate) get_lock: Mutex<()>,
+    /// The interval subscribers.
+    pub(crate) itree: Itree,
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        drop(RetiredList(self.list.load(Acquire)));
+    }
+}
+
+impl Subscriptions {
+    pub(crate) fn new(mm_id: u64, profile: Profile, diag: Arc<Diagnostics>) -> Subscriptions {
+        Subscriptions {
+            profile,
+            list: AtomicPtr::new(Box::into_raw(Box::new(SubList::new()))),
+            list_lock: Mutex::new(ListState {
+                next_id: 1,
+                retired: Vec::new(),
+            }),
+            get_lock: Mutex::new(()),
+            itree: Itree::new(mm_id, diag),
+        }
+    }
+
+    /// The current list. Only valid to dereference inside a read section (or under the list
+    /// lock).
+    #[inline]
+    pub(crate) fn list_ptr(&self) -> *const SubList {
+        // SeqCst, not Acquire: with the SeqCst reader increment before it and the SeqCst
+        // swap in `update_list`, this is the store-load pair the grace period relies on
+        // (see srcu.rs, "Memory ordering").
+        self.list.load(SeqCst)
+    }
+
+    /// Replaces the list with `f(current)` under the list lock and retires the old one.
+    pub(crate) fn update_list(&self, st: &mut ListState, f: impl FnOnce(&SubList) -> SubList) {
+        // SAFETY: under the list lock the current list cannot be retired, so it is live.
+        let cur = unsafe { &*self.list_ptr() };
+        let new = Box::into_raw(Box::new(f(cur)));
+        let old = self.list.swap(new, SeqCst);
+        st.retired.push(Retired::List(RetiredList(old)));
+    }
+
+    /// Waits for a grace period, then frees what was retired before it began.
+    pub(crate) fn synchronize(&self, srcu: &Srcu) {
+        let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
+        srcu.synchronize();
+        // With the grace period broken on purpose (model tests), keep what a reader may still
+        // be walking until the address space itself goes, rather than free it: the model must
+        // fail on the protocol, not on a use-after-free it cannot see.
+        #[cfg(mmn_broken = "skip_grace_period")]
+        lock_as(&self.list_lock, ContractLock::List)
+            .retired
+            .extend(batch);
+        #[cfg(not(mmn_broken = "skip_grace_period"))]
+        drop(batch);
+    }
+
+    /// Unlinks every subscriber (teardown); they are freed with the list after a grace period.
+    pub(crate) fn unlink_all(&self) {
+        let mut st = lock_as(&self.list_lock, ContractLock::List);
+        self.update_list(&mut st, |_| SubList::new());
+    }
+
+    /// Frees what was retired if a grace period can be had without waiting.
+    pub(crate) fn try_reclaim(&self, srcu: &Srcu) {
+        let batch = std::mem::take(&mut lock_as(&self.list_lock, ContractLock::List).retired);
+        if batch.is_empty() {
+            return;
+        }
+        if srcu.try_synchronize() {
+            drop(batch);
+        } else {
+            lock_as(&self.list_lock, ContractLock::List)
+                .retired
+                .extend(batch);
+        }
+    }
+}
