@@ -157,6 +157,23 @@ fn gntdev_machine() -> Result<(Machine, Process, u64), DriverError> {
     Ok((m, p, a))
 }
 
+/// Memory pressure without running out: `rounds` passes of writes over 256 pages (with the
+/// cold ones, within the machine's memory and swap), each write to a swapped-out page
+/// allocating, so direct reclaim runs again and again; stops early when `stop` is set.
+fn pressure(p: &Process, stop: &AtomicBool, rounds: u64) {
+    let Ok(b) = p.mmap(MapRequest::anon(256 * P)) else {
+        return;
+    };
+    for r in 0..rounds {
+        for i in 0..256 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let _ = p.write(b + i * P, r + i);
+        }
+    }
+}
+
 /// Seed 000 without pressure: one `gntdev_mmap` of the 4.12 driver (its mutex across a
 /// `GFP_KERNEL` allocation and the page-table locks), then one reclaim pass (the per-page
 /// callback takes the mutex under the page-table lock). Nothing hangs; the validator reports.
@@ -199,15 +216,11 @@ pub fn seed000_pressure(buggy: bool, limit: Duration) -> Result<Outcome, DriverE
                 let _ = g.mmap(&p, a, 8);
             })?;
         }
-        let p2 = p.mmget()?;
-        named("pressure", move || {
-            if let Ok(b) = p2.mmap(MapRequest::anon(4096 * P)) {
-                for i in 0..4096 {
-                    let _ = p2.write(b + i * P, i);
-                }
-            }
-        })?;
+        let (p2, stop) = (p.mmget()?, Arc::new(AtomicBool::new(false)));
+        let stop2 = stop.clone();
+        named("pressure", move || pressure(&p2, &stop2, u64::MAX))?;
         o.hung = wait_hung(&dog, limit);
+        stop.store(true, Ordering::Relaxed);
         o.reports = scope.take();
         o.stats(&m);
         std::mem::forget((g, p, m, dog)); // deadlocked threads hold them
@@ -226,14 +239,9 @@ pub fn seed000_pressure(buggy: bool, limit: Duration) -> Result<Outcome, DriverE
         })
     };
     let p2 = p.mmget()?;
-    let pressure = lockdep::spawn(move || {
-        if let Ok(b) = p2.mmap(MapRequest::anon(4096 * P)) {
-            for i in 0..1024 {
-                let _ = p2.write(b + i * P, i);
-            }
-        }
-    });
-    let _ = pressure.join();
+    let done = Arc::new(AtomicBool::new(false));
+    let load = lockdep::spawn(move || pressure(&p2, &done, 4));
+    let _ = load.join();
     stop.store(true, Ordering::Relaxed);
     let _ = ioctl.join();
     o.hung = dog.reports();
