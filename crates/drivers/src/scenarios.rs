@@ -102,6 +102,14 @@ impl Outcome {
         self.unbalanced = c.unbalanced();
     }
 
+    /// Takes the scope's reports, the checker's findings and the machine's counters.
+    fn finish(mut self, scope: &Scope, c: &Checker, m: &Machine) -> Result<Outcome, DriverError> {
+        self.reports = scope.take();
+        self.checker(c);
+        self.stats(m);
+        Ok(self)
+    }
+
     fn stats(&mut self, m: &Machine) {
         let s = m.stats();
         self.direct_reclaim = s.direct_reclaim;
@@ -187,13 +195,7 @@ pub fn seed000_validator() -> Result<Outcome, DriverError> {
     g.mmap(&p, a, 4)?;
     m.reclaim(4);
     g.close()?;
-    let mut o = Outcome {
-        reports: scope.take(),
-        ..Outcome::default()
-    };
-    o.checker(&c);
-    o.stats(&m);
-    Ok(o)
+    Outcome::default().finish(&scope, &c, &m)
 }
 
 /// Seed 000 under memory pressure: an ioctl thread mapping grants in a loop (`gntdev_mmap`)
@@ -248,10 +250,7 @@ pub fn seed000_pressure(buggy: bool, limit: Duration) -> Result<Outcome, DriverE
     if let Some(g) = Arc::into_inner(g) {
         g.unmap()?;
     }
-    o.reports = scope.take();
-    o.checker(&c);
-    o.stats(&m);
-    Ok(o)
+    o.finish(&scope, &c, &m)
 }
 
 /// Seed 001: odp's umem mutex (taken by its notifier) held across one allocation of `gfp`,
@@ -272,13 +271,7 @@ pub fn seed001(gfp: Gfp) -> Result<Outcome, DriverError> {
         m.put_page(pfn)?;
     }
     mr.deregister()?;
-    let mut o = Outcome {
-        reports: scope.take(),
-        ..Outcome::default()
-    };
-    o.checker(&c);
-    o.stats(&m);
-    Ok(o)
+    Outcome::default().finish(&scope, &c, &m)
 }
 
 /// Seed 002 without pressure: the 5.7-era userptr object populated (its lock across
@@ -295,13 +288,7 @@ pub fn seed002_validator() -> Result<Outcome, DriverError> {
     p.madvise(a + 4 * P, P, Advice::DontNeed)?; // outside the object: not its business
     p.madvise(a, 8 * P, Advice::DontNeed)?;
     o.close(&p)?;
-    let mut out = Outcome {
-        reports: scope.take(),
-        ..Outcome::default()
-    };
-    out.checker(&c);
-    out.stats(&m);
-    Ok(out)
+    Outcome::default().finish(&scope, &c, &m)
 }
 
 /// A 64-frame machine with no free memory: a 32-page range whose first 16 pages are not
@@ -356,10 +343,7 @@ pub fn seed002_pressure(buggy: bool, limit: Duration) -> Result<Outcome, DriverE
     }
     o.close(&p)?;
     out.hung = dog.reports();
-    out.reports = scope.take();
-    out.checker(&c);
-    out.stats(&m);
-    Ok(out)
+    out.finish(&scope, &c, &m)
 }
 
 fn victim(profile: Profile) -> Result<(Machine, Process, u64), DriverError> {
@@ -421,7 +405,7 @@ pub fn seed003(nonblock: NonBlock) -> Result<Outcome, DriverError> {
             })
         }
     };
-    let mut o = Outcome {
+    let o = Outcome {
         reap: Some(report),
         refusals: mr.refusals(),
         ..Outcome::default()
@@ -429,10 +413,7 @@ pub fn seed003(nonblock: NonBlock) -> Result<Outcome, DriverError> {
     if let Some(mr) = Arc::into_inner(mr) {
         mr.deregister()?;
     }
-    o.reports = scope.take();
-    o.checker(&c);
-    o.stats(&m);
-    Ok(o)
+    o.finish(&scope, &c, &m)
 }
 
 /// Seed 004: KVM and odp on one process, OOM-killed and reaped while odp's lock is held by
@@ -487,9 +468,6 @@ pub fn seed004(profile: Profile) -> Result<Outcome, DriverError> {
     let fault = kvm.guest_fault(a, false);
     o.guest_fault_stuck = matches!(fault, Err(DriverError::GuestFaultStuck { .. }));
     o.guest_fault = Some(fault.map_err(|e| e.to_string()));
-    o.checker(&c);
     kvm.destroy()?;
-    o.reports = scope.take();
-    o.stats(&m);
-    Ok(o)
+    o.finish(&scope, &c, &m)
 }

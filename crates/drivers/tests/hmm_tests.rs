@@ -38,6 +38,20 @@ impl Fixture {
             self.p.write(a + i * P, f(i)).unwrap();
         }
     }
+    /// The device writes `values` from `a` in exactly one device fault; the CPU sees them.
+    fn write_in_one_fault(&self, a: u64, values: &[u64]) {
+        let before = self.d.faults();
+        self.d.write(a, values).unwrap();
+        assert_eq!(self.d.faults() - before, 1);
+        assert_eq!(self.cpu(a, values.len() as u64), values);
+    }
+    /// The device reads `npages` from `a` in exactly one device fault.
+    fn read_in_one_fault(&self, a: u64, npages: u64) -> Vec<u64> {
+        let before = self.d.faults();
+        let v = self.d.read(a, npages as usize).unwrap();
+        assert_eq!(self.d.faults() - before, 1);
+        v
+    }
     fn cpu(&self, a: u64, npages: u64) -> Vec<u64> {
         (0..npages)
             .map(|i| self.p.read(a + i * P).unwrap())
@@ -72,9 +86,7 @@ fn anon_read() {
     f.fill(a + 2 * P, N - 2, |i| i + 2); // the first two pages stay untouched
     f.p.mprotect(a, N * P, vm::READ).unwrap();
     assert_eq!(f.p.read(a + P).unwrap(), 0);
-    let before = f.d.faults();
-    let v = f.d.read(a, N as usize).unwrap();
-    assert_eq!(f.d.faults() - before, 1);
+    let v = f.read_in_one_fault(a, N);
     assert_eq!(&v[..2], &[0, 0]);
     assert_eq!(&v[2..], &iota(N)[2..]);
     f.done();
@@ -98,10 +110,7 @@ fn anon_read_prot() {
 fn anon_write() {
     let f = fixture();
     let a = f.anon(N);
-    let before = f.d.faults();
-    f.d.write(a, &iota(N)).unwrap();
-    assert_eq!(f.d.faults() - before, 1);
-    assert_eq!(f.cpu(a, N), iota(N));
+    f.write_in_one_fault(a, &iota(N));
     f.done();
 }
 
@@ -114,10 +123,7 @@ fn anon_write_prot() {
     assert!(is_protection(&e), "EPERM expected: {e}");
     assert_eq!(f.cpu(a, N), vec![0; N as usize]);
     f.p.mprotect(a, N * P, vm::READ | vm::WRITE).unwrap();
-    let before = f.d.faults();
-    f.d.write(a, &iota(N)).unwrap();
-    assert_eq!(f.d.faults() - before, 1);
-    assert_eq!(f.cpu(a, N), iota(N));
+    f.write_in_one_fault(a, &iota(N));
     f.done();
 }
 
@@ -174,9 +180,7 @@ fn file_read() {
     let a =
         f.p.mmap(MapRequest::file(&file, 0, N * P, true).prot(vm::READ))
             .unwrap();
-    let before = f.d.faults();
-    assert_eq!(f.d.read(a, N as usize).unwrap(), iota(N));
-    assert_eq!(f.d.faults() - before, 1);
+    assert_eq!(f.read_in_one_fault(a, N), iota(N));
     drop(file);
     f.done();
 }
