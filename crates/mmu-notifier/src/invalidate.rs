@@ -223,6 +223,11 @@ impl Mm {
         // SAFETY: loaded inside the read section `token`, which is held until the list is no
         // longer used (end of this dispatch or the guard's drop).
         let subscribers = unsafe { &*list };
+        // The pairing rule (see the module docs): every list subscriber gets its start, even
+        // after one refused; a refusal is only remembered. If one did, every subscriber with an
+        // end is ended below before the error returns: those are exactly the ones whose start
+        // succeeded, because a start that can fail comes without an end (registration checks
+        // it). The guard ends them all otherwise.
         let mut failed = false;
         for s in subscribers {
             if !s.caps.contains(Capabilities::INVALIDATE_RANGE_START) {
@@ -308,10 +313,18 @@ impl Mm {
     /// and with the `lockdep` feature a sleeping call inside it is reported. Allocates
     /// nothing; never fails.
     pub fn clear_flush_young(&self, start: u64, end: u64) -> bool {
+        self.young_any(Capabilities::CLEAR_FLUSH_YOUNG, |s| {
+            s.ops.clear_flush_young(self, start, end)
+        })
+    }
+
+    /// Calls `f` on every subscriber declaring `cap`, each in atomic context (the primary's
+    /// page-table lock), and ORs the answers.
+    fn young_any(&self, cap: Capabilities, mut f: impl FnMut(&Subscriber) -> bool) -> bool {
         let mut young = false;
-        self.walk(Capabilities::CLEAR_FLUSH_YOUNG, |s| {
+        self.walk(cap, |s| {
             let _ptl = annotate::atomic_section();
-            young |= s.ops.clear_flush_young(self, start, end);
+            young |= f(s);
             false
         });
         young
@@ -325,13 +338,9 @@ impl Mm {
     /// As [`clear_flush_young`](Self::clear_flush_young): callbacks run in atomic context
     /// (under the primary's page-table lock).
     pub fn clear_young(&self, start: u64, end: u64) -> bool {
-        let mut young = false;
-        self.walk(Capabilities::CLEAR_YOUNG, |s| {
-            let _ptl = annotate::atomic_section();
-            young |= s.ops.clear_young(self, start, end);
-            false
-        });
-        young
+        self.young_any(Capabilities::CLEAR_YOUNG, |s| {
+            s.ops.clear_young(self, start, end)
+        })
     }
 
     /// Whether any subscriber saw `address` accessed; stops at the first that did

@@ -14,7 +14,9 @@
 //!
 //! # The mechanism
 //!
-//! * An [`Mm`] is one address space's notifier state. Its primary calls
+//! * An [`Mm`] is one address space's notifier state, as a reference (`mm_count`); an
+//!   [`MmUser`] is a user (`mm_users`), and the last user gone tears the address space down
+//!   ([`Mm::release`], once). Its primary calls
 //!   [`Mm::invalidate_range_start`] (or [`Mm::invalidate_range_start_nonblock`]) around every
 //!   change; the returned [`InvalidateGuard`] runs the end side when dropped, so start and end
 //!   always pair.
@@ -54,9 +56,11 @@
 //!
 //! impl IntervalNotifierOps for Mirror {
 //!     fn invalidate(&self, iv: &Interval, range: &Range, cur_seq: u64) -> bool {
-//!         let mut pt = match range.is_blockable() {
-//!             true => self.0.lock().unwrap(),
-//!             false => match self.0.try_lock() { Ok(g) => g, Err(_) => return false },
+//!         // Blockable: take the lock; non-blockable: only try it, and refuse if that fails.
+//!         let Some(mut pt) =
+//!             range.lock_or_refuse(|| self.0.lock().unwrap(), || self.0.try_lock().ok())
+//!         else {
+//!             return false;
 //!         };
 //!         iv.set_seq(cur_seq);
 //!         pt.clear();
@@ -66,11 +70,8 @@
 //!
 //! let mm = Mm::new();
 //! let mirror = std::sync::Arc::new(Mirror(Mutex::new(Vec::new())));
-//! # struct Shared(std::sync::Arc<Mirror>);
-//! # impl IntervalNotifierOps for Shared {
-//! #     fn invalidate(&self, iv: &Interval, r: &Range, s: u64) -> bool { self.0.invalidate(iv, r, s) }
-//! # }
-//! let sub = mm.interval_notifier_insert(0x10000, 0x4000, Shared(mirror.clone())).unwrap();
+//! // An `Arc` of a subscriber is a subscriber: the driver keeps its own handle to the state.
+//! let sub = mm.interval_notifier_insert(0x10000, 0x4000, mirror.clone()).unwrap();
 //!
 //! // The device faults: collision-retry until nothing changed underneath.
 //! loop {

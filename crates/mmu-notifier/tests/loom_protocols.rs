@@ -123,17 +123,32 @@ fn invalidate(mm: &Mm, gen: &AtomicU64, start: u64, end: u64) {
     should_panic
 )]
 fn sequence_protocol_never_leaves_a_stale_translation() {
-    model("sequence_protocol", || {
+    stale_model("sequence_protocol", &[(0x1000, 0x2000)], 1);
+}
+
+/// One interval, `faults` device faults on the main thread, and one invalidating thread per
+/// range of `invalidators`: no stale translation, and the epoch closed at the end.
+fn stale_model(name: &str, invalidators: &'static [(u64, u64)], faults: usize) {
+    model(name, move || {
         let mm = Mm::new();
         let gen = Arc::new(AtomicU64::new(0));
         let d = dev();
         let iv = mm
             .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
             .unwrap();
-        let (mm2, gen2) = (mm.clone(), gen.clone());
-        let inv = big(move || invalidate(&mm2, &gen2, 0x1000, 0x2000));
-        fault(&iv, &d, &gen);
-        inv.join().unwrap();
+        let threads: Vec<_> = invalidators
+            .iter()
+            .map(|&(start, end)| {
+                let (mm, gen) = (mm.clone(), gen.clone());
+                big(move || invalidate(&mm, &gen, start, end))
+            })
+            .collect();
+        for _ in 0..faults {
+            fault(&iv, &d, &gen);
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
         assert_fresh(&d, &gen);
         let st = mm.interval_state().unwrap();
         assert_eq!((st.active, st.seq % 2, st.deferred), (0, 0, 0));
@@ -148,28 +163,11 @@ fn sequence_protocol_never_leaves_a_stale_translation() {
 fn several_invalidators_and_two_faults_never_leave_a_stale_translation() {
     // Two primaries invalidating overlapping ranges, each with its own epoch share, against a
     // device faulting twice: the epoch must stay odd until the last of them ends.
-    model("several_invalidators", || {
-        let mm = Mm::new();
-        let gen = Arc::new(AtomicU64::new(0));
-        let d = dev();
-        let iv = mm
-            .interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
-            .unwrap();
-        let spawn = |start: u64, end: u64| {
-            let (mm, gen) = (mm.clone(), gen.clone());
-            big(move || invalidate(&mm, &gen, start, end))
-        };
-        let a = spawn(0x1000, 0x2000);
-        let b = spawn(0x0, 0x3000);
-        for _ in 0..2 {
-            fault(&iv, &d, &gen);
-        }
-        a.join().unwrap();
-        b.join().unwrap();
-        assert_fresh(&d, &gen);
-        let st = mm.interval_state().unwrap();
-        assert_eq!((st.active, st.seq % 2, st.deferred), (0, 0, 0));
-    });
+    stale_model(
+        "several_invalidators",
+        &[(0x1000, 0x2000), (0x0, 0x3000)],
+        2,
+    );
 }
 
 #[test]
