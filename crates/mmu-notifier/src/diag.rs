@@ -78,6 +78,10 @@ pub enum Warning {
         /// The API called.
         api: &'static str,
     },
+    /// The primary's [`Teardown`](crate::Teardown) returned without calling
+    /// [`Mm::release`](crate::Mm::release) (Linux's `exit_mmap` always calls
+    /// `mmu_notifier_release` first); the contract released the address space after it.
+    TeardownWithoutRelease,
 }
 
 impl Warning {
@@ -95,6 +99,7 @@ impl Warning {
             Warning::DoubleRelease => "double-release",
             Warning::FallibleStartWithEnd { .. } => "fallible-start-with-end",
             Warning::MmapLockNotHeld { .. } => "mmap-lock-not-held",
+            Warning::TeardownWithoutRelease => "teardown-without-release",
         }
     }
 }
@@ -147,6 +152,10 @@ impl fmt::Display for Warning {
             Warning::MmapLockNotHeld { api } => write!(
                 f,
                 "{api} called without the primary's mmap_lock held for write"
+            ),
+            Warning::TeardownWithoutRelease => write!(
+                f,
+                "the primary's teardown did not release the address space; released after it"
             ),
         }
     }

@@ -121,7 +121,7 @@ pub use diag::{DiagMode, Diagnostics, Warning};
 pub use error::{Error, WouldBlock};
 pub use interval::{Interval, IntervalNotifier, IntervalNotifierOps, IntervalRef, IntervalState};
 pub use invalidate::InvalidateGuard;
-pub use mm::{Mm, MmBuilder, MmUser, MmapLock};
+pub use mm::{Mm, MmBuilder, MmUser, MmapLock, Teardown};
 pub use ops::{Capabilities, MmuNotifierOps};
 pub use profile::Profile;
 pub use range::{Event, Owner, Range};

@@ -25,6 +25,7 @@ pub struct MmBuilder {
     pub(crate) profile: Profile,
     diag: Option<Arc<Diagnostics>>,
     pub(crate) mmap_lock: Option<Arc<dyn MmapLock>>,
+    teardown: Option<Arc<dyn Teardown>>,
 }
 
 impl std::fmt::Debug for MmBuilder {
@@ -32,6 +33,7 @@ impl std::fmt::Debug for MmBuilder {
         f.debug_struct("MmBuilder")
             .field("profile", &self.profile)
             .field("mmap_lock", &self.mmap_lock.is_some())
+            .field("teardown", &self.teardown.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -54,7 +56,27 @@ pub trait MmapLock: Send + Sync + 'static {
     fn is_held(&self) -> bool;
 }
 
+/// The primary's teardown of an address space: `exit_mmap`, which Linux's `mmput` runs when
+/// the last user goes.
+///
+/// A primary with mappings of its own (a simulated kernel) gives one to
+/// [`MmBuilder::teardown`]; the drop of the last [`MmUser`] then runs it, exactly once, instead
+/// of a bare [`Mm::release`]. It must call [`Mm::release`] first, with no lock held, as
+/// `exit_mmap` calls `mmu_notifier_release` before it unmaps anything; if it returns without
+/// having done so, the contract releases the address space after it and reports
+/// [`Warning::TeardownWithoutRelease`](crate::Warning::TeardownWithoutRelease).
+pub trait Teardown: Send + Sync + 'static {
+    /// Tears the address space down.
+    fn exit_mmap(&self, mm: &Mm);
+}
+
 impl MmBuilder {
+    /// The primary's teardown, run by the drop of the last [`MmUser`] (see [`Teardown`]).
+    pub fn teardown(mut self, teardown: Arc<dyn Teardown>) -> Self {
+        self.teardown = Some(teardown);
+        self
+    }
+
     /// The kernel behaviour to reproduce.
     pub fn profile(mut self, profile: Profile) -> Self {
         self.profile = profile;
@@ -75,7 +97,8 @@ impl MmBuilder {
     }
 
     /// The address space and its first user (`mm_alloc`: `mm_users == 1`): dropping the last
-    /// [`MmUser`] tears the address space down ([`Mm::release`], as `exit_mmap` does).
+    /// [`MmUser`] tears the address space down (the [`Teardown`] given to the builder, or
+    /// [`Mm::release`] alone).
     pub fn build_user(self) -> MmUser {
         let mm = self.build();
         mm.inner.users.store(1, SeqCst);
@@ -96,6 +119,7 @@ impl MmBuilder {
                 profile: self.profile,
                 diag: self.diag.unwrap_or_else(Diagnostics::global),
                 mmap_lock: self.mmap_lock,
+                teardown: self.teardown,
             }),
         }
     }
@@ -163,9 +187,17 @@ impl Clone for MmUser {
 impl Drop for MmUser {
     /// `mmput`: the last user tears the address space down.
     fn drop(&mut self) {
-        if self.mm.inner.users.fetch_sub(1, SeqCst) == 1 {
-            self.mm.release();
+        if self.mm.inner.users.fetch_sub(1, SeqCst) != 1 {
+            return;
         }
+        if let Some(t) = self.mm.inner.teardown.clone() {
+            t.exit_mmap(&self.mm);
+            if self.mm.is_released() {
+                return;
+            }
+            self.mm.inner.diag.report(Warning::TeardownWithoutRelease);
+        }
+        self.mm.release();
     }
 }
 
@@ -190,6 +222,8 @@ pub(crate) struct MmInner {
     pub(crate) profile: Profile,
     pub(crate) diag: Arc<Diagnostics>,
     pub(crate) mmap_lock: Option<Arc<dyn MmapLock>>,
+    /// The primary's `exit_mmap`, run by the last user's drop.
+    teardown: Option<Arc<dyn Teardown>>,
 }
 
 impl Drop for MmInner {

@@ -41,5 +41,7 @@ pub(crate) fn exit_mmap(space: &Arc<Space>) -> Result<(), VmError> {
     }
     *vmas = crate::vma::VmaTree::new();
     space.pt.free_empty(0, crate::TASK_SIZE);
+    drop(vmas);
+    space.machine.unregister_space(space.id());
     result
 }

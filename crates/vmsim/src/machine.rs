@@ -385,7 +385,7 @@ pub mod mmf {
     pub const EXITED: u32 = 1 << 3;
 }
 
-static MMAP_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mm->mmap_lock");
+pub(crate) static MMAP_LOCK: lockdep::LockClassKey = lockdep::LockClassKey::new("&mm->mmap_lock");
 
 /// The lock class of every address space's mmap lock (what a driver's `might_lock` names).
 pub fn mmap_lock_class() -> lockdep::LockClass {
@@ -394,7 +394,7 @@ pub fn mmap_lock_class() -> lockdep::LockClass {
 
 /// One address space.
 pub struct Space {
-    id: MmId,
+    pub(crate) id: MmId,
     pub(crate) mm: Mm,
     /// The mmap lock and the VMAs it protects; shared with the contract, which records
     /// `might_lock` of it in unlocked registrations and checks it in the `_locked` ones.
@@ -402,32 +402,12 @@ pub struct Space {
     pub(crate) pt: PageTable,
     pub(crate) flags: AtomicU32,
     pub(crate) rss: AtomicUsize,
-    pub(crate) users: AtomicUsize,
     pub(crate) machine: Arc<Inner>,
+    /// What `exit_mmap` returned, for the `Process::exit` whose drop ran it.
+    pub(crate) exit_result: crate::primitive::Mutex<Option<Result<(), VmError>>>,
 }
 
 impl Space {
-    pub(crate) fn new(machine: &Arc<Inner>) -> Arc<Space> {
-        let id = machine.next_mm.fetch_add(1, Ordering::Relaxed);
-        let mmap_lock = Arc::new(lockdep::RwLock::new(VmaTree::new(), &MMAP_LOCK));
-        let mm = Mm::builder()
-            .profile(machine.config.profile)
-            .mmap_lock(mmap_lock.clone())
-            .build();
-        let s = Arc::new(Space {
-            id,
-            mm,
-            mmap_lock,
-            pt: PageTable::new(),
-            flags: AtomicU32::new(0),
-            rss: AtomicUsize::new(0),
-            users: AtomicUsize::new(1),
-            machine: machine.clone(),
-        });
-        machine.register_space(&s);
-        s
-    }
-
     /// The address space's id on its machine.
     pub fn id(&self) -> MmId {
         self.id

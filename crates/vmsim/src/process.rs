@@ -3,26 +3,50 @@
 //! exactly once. An `Arc<Space>` is a *reference* (`mm_count`, `mmgrab`): it keeps the structure
 //! alive — reclaim and the OOM reaper hold one — but not the mappings.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use mmu_notifier::{Mm, MmUser, Teardown};
 
 use crate::error::VmError;
-use crate::machine::{Machine, Space};
-use crate::primitive::Ordering;
-use mmu_notifier::Mm;
+use crate::machine::{Machine, Space, MMAP_LOCK};
+use crate::primitive::{AtomicU32, AtomicUsize, Mutex, Ordering};
+use crate::pte::PageTable;
+use crate::vma::VmaTree;
 
 /// A process: a user of one address space (`mm_users`).
 pub struct Process {
+    // Dropped first: the last user's drop runs `exit_mmap` while the space is still referenced.
+    user: Option<MmUser>,
     space: Arc<Space>,
-    exited: bool,
 }
 
 impl Machine {
-    /// Creates a process with an empty address space.
+    /// Creates a process with an empty address space (`mm_alloc`: one user).
     pub fn spawn(&self) -> Process {
-        Process {
-            space: Space::new(&self.0),
-            exited: false,
-        }
+        let machine = &self.0;
+        let mut user = None;
+        let space = Arc::new_cyclic(|weak: &Weak<Space>| {
+            let mmap_lock = Arc::new(lockdep::RwLock::new(VmaTree::new(), &MMAP_LOCK));
+            let u = Mm::builder()
+                .profile(machine.config.profile)
+                .mmap_lock(mmap_lock.clone())
+                .teardown(Arc::new(ExitMmap(weak.clone())))
+                .build_user();
+            let mm = u.mm().clone();
+            user = Some(u);
+            Space {
+                id: machine.next_mm.fetch_add(1, Ordering::Relaxed),
+                mm,
+                mmap_lock,
+                pt: PageTable::new(),
+                flags: AtomicU32::new(0),
+                rss: AtomicUsize::new(0),
+                machine: machine.clone(),
+                exit_result: Mutex::new(None),
+            }
+        });
+        machine.register_space(&space);
+        Process { user, space }
     }
 }
 
@@ -40,33 +64,45 @@ impl Process {
         Space::mmget_not_zero(&self.space)
             .ok_or_else(|| VmError::Gone("mmget on an exited mm".into()))
     }
-    /// Drops this user (`mmput`); the last user runs `exit_mmap`.
+    /// Drops this user (`mmput`); the last user runs `exit_mmap` and its result is returned.
     ///
     /// # Context
     /// May sleep: `exit_mmap` calls `mmu_notifier_release` and a blockable unmap of everything.
     pub fn exit(mut self) -> Result<(), VmError> {
-        self.exited = true;
-        mmput(&self.space)
+        drop(self.user.take());
+        self.take_exit_result().unwrap_or(Ok(()))
     }
-}
 
-fn mmput(space: &Arc<Space>) -> Result<(), VmError> {
-    if space.users.fetch_sub(1, Ordering::AcqRel) == 1 {
-        crate::exit::exit_mmap(space)?;
-        space.machine.unregister_space(space.id());
+    fn take_exit_result(&self) -> Option<Result<(), VmError>> {
+        self.space
+            .exit_result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
-    Ok(())
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if !self.exited {
-            // A dropped last handle still runs exit_mmap, as mmput does; an error here has
-            // nobody to return to, so the machine keeps it for `Machine::check`.
-            if let Err(e) = mmput(&self.space) {
-                self.space.machine.late_error(e);
-            }
+        drop(self.user.take());
+        // A dropped last handle runs exit_mmap too; an error has nobody to return to, so the
+        // machine keeps it for `Machine::check`.
+        if let Some(Err(e)) = self.take_exit_result() {
+            self.space.machine.late_error(e);
         }
+    }
+}
+
+/// `exit_mmap`, run by the contract when the last [`MmUser`] goes.
+struct ExitMmap(Weak<Space>);
+
+impl Teardown for ExitMmap {
+    fn exit_mmap(&self, _mm: &Mm) {
+        let Some(space) = self.0.upgrade() else {
+            return;
+        };
+        let r = crate::exit::exit_mmap(&space);
+        *space.exit_result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     }
 }
 
@@ -74,23 +110,9 @@ impl Space {
     /// A new user of the address space unless its last user is gone (`mmget_not_zero`), for
     /// a driver that keeps only a reference.
     pub fn mmget_not_zero(space: &Arc<Space>) -> Option<Process> {
-        let mut cur = space.users.load(Ordering::Acquire);
-        while cur != 0 {
-            match space.users.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(Process {
-                        space: space.clone(),
-                        exited: false,
-                    })
-                }
-                Err(now) => cur = now,
-            }
-        }
-        None
+        space.mm.get_user().map(|u| Process {
+            user: Some(u),
+            space: space.clone(),
+        })
     }
 }

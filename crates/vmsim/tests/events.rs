@@ -381,3 +381,28 @@ fn an_invariant_violation_names_the_operation_and_thread() {
         other => panic!("expected an invariant violation, got {other:?}"),
     }
 }
+
+#[test]
+fn users_are_the_contracts_users_and_references_outlive_them() {
+    // mm_users vs mm_count: processes are the contract's users; a space handle is a reference.
+    let m = machine(16);
+    let p = m.spawn();
+    assert_eq!(p.mm().users(), 1);
+    let q = p.mmget().unwrap();
+    assert_eq!(p.mm().users(), 2);
+    let reference = p.space().clone();
+    drop(p);
+    assert_eq!(q.mm().users(), 1);
+    assert!(!q.mm().is_released());
+    q.exit().unwrap();
+    assert_eq!(reference.mm().users(), 0);
+    assert!(
+        reference.mm().is_released(),
+        "the last user's exit_mmap released it"
+    );
+    assert!(
+        vmsim::Space::mmget_not_zero(&reference).is_none(),
+        "no user comes back"
+    );
+    assert!(matches!(reference.mm().get_user(), None));
+}
