@@ -13,6 +13,8 @@ use hostmm::race::{RaceConfig, RaceSource};
 use hostmm::{MonitorConfig, Source};
 use serde::Serialize;
 
+mod run;
+mod torture;
 mod tour;
 
 #[derive(Parser, Debug)]
@@ -41,6 +43,10 @@ enum Command {
     Race(RaceArgs),
     /// Benchmarks of the host cache and invalidation sources, each next to its baseline.
     Bench(BenchArgs),
+    /// Run scenario files (scenarios/*.toml) and check their expectations (exit 1 if any fails).
+    Run(run::RunArgs),
+    /// A randomized concurrent workload over the simulated system with every driver attached.
+    Torture(torture::TortureArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,5 +295,7 @@ fn main() -> Result<()> {
         Command::Tour(a) => tour::run(a),
         Command::Race(a) => race(a),
         Command::Bench(a) => bench(a),
+        Command::Run(a) => run::run(a),
+        Command::Torture(a) => torture::run(a),
     }
 }
