@@ -5,7 +5,9 @@
 //!
 //! Under `--cfg shuttle` the crate's locks, condition variables and atomics are shuttle's
 //! (`src/primitive.rs`), so one execution is one interleaving chosen by shuttle's scheduler,
-//! and a seed replays it exactly. The model: an invalidation begun while nothing is subscribed,
+//! and a seed replays it exactly. Built with `--cfg mmn_broken="skip_grace_period"` (the first
+//! registration no longer waits for open invalidations) the model must fail, and does (CI runs
+//! both). The model: an invalidation begun while nothing is subscribed,
 //! against the first interval insert and a device fault on it (issue 8's hole), plus a second
 //! invalidation once the interval exists; the device must never be left holding a stale
 //! translation.
@@ -105,6 +107,10 @@ fn run(seed: Option<u64>, iterations: usize) {
 }
 
 #[test]
+#[cfg_attr(
+    mmn_broken = "skip_grace_period",
+    should_panic(expected = "stale translation")
+)]
 fn no_interleaving_leaves_a_stale_translation() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     run(None, ITERATIONS);
@@ -119,6 +125,10 @@ fn trace_of(seed: u64) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    mmn_broken = "skip_grace_period",
+    ignore = "the broken protocol fails every seed"
+)]
 fn a_seed_replays_one_interleaving() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let seeds: Vec<u64> = (1..=16).collect();

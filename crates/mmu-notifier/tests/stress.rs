@@ -17,13 +17,10 @@ struct Dev {
 struct DevRef(Arc<Dev>);
 impl IntervalNotifierOps for DevRef {
     fn invalidate(&self, iv: &Interval, r: &Range, cur_seq: u64) -> bool {
-        let mut pt = if r.is_blockable() {
-            self.0.pt.lock().unwrap()
-        } else {
-            match self.0.pt.try_lock() {
-                Ok(g) => g,
-                Err(_) => return false,
-            }
+        let Some(mut pt) =
+            r.lock_or_refuse(|| self.0.pt.lock().unwrap(), || self.0.pt.try_lock().ok())
+        else {
+            return false;
         };
         iv.set_seq(cur_seq);
         *pt = None;

@@ -168,13 +168,9 @@ impl IntervalNotifierOps for MirrorRef {
         if m.refuse.load(SeqCst) && !r.is_blockable() {
             return false;
         }
-        let mut pt = if r.is_blockable() {
-            m.lock.lock().unwrap()
-        } else {
-            match m.lock.try_lock() {
-                Ok(g) => g,
-                Err(_) => return false,
-            }
+        let Some(mut pt) = r.lock_or_refuse(|| m.lock.lock().unwrap(), || m.lock.try_lock().ok())
+        else {
+            return false;
         };
         iv.set_seq(cur_seq);
         pt.clear();
