@@ -6,9 +6,9 @@
 //! # Models that can fail
 //!
 //! Each model is shown to catch the bug its name is about: built with
-//! `--cfg mmn_broken="…"`, the crate (or, for `skip_set_seq`, the model's driver) runs a
-//! deliberately broken protocol, and the models that must catch it are then expected to fail
-//! (`should_panic`):
+//! `--cfg mmn_broken="…"` (or `MMN_BROKEN=…` in the environment, see build.rs), the crate
+//! (or, for `skip_set_seq`, the model's driver) runs a deliberately broken protocol, and the
+//! models that must catch it are then expected to fail (`should_panic`):
 //!
 //! | `mmn_broken` | what is broken | models that must fail |
 //! |---|---|---|
