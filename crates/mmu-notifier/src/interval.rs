@@ -37,6 +37,8 @@ use crate::primitive::{
 };
 use crate::subscribers::Subscriptions;
 use crate::{Error, Mm, Range};
+#[cfg(doc)]
+use crate::{MmapLock, Warning};
 
 pub use crate::itree::IntervalState;
 

@@ -1,5 +1,8 @@
 //! Which kernel behaviour an address space reproduces where Linux versions differ.
 
+#[cfg(doc)]
+use crate::Warning;
+
 /// Which kernel behaviour an [`Mm`](crate::Mm) reproduces where Linux versions differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {

@@ -16,6 +16,8 @@ use crate::primitive::{
 use crate::subscribers::{Retired, Subscriber};
 use crate::tls;
 use crate::{Error, Range, WouldBlock};
+#[cfg(doc)]
+use crate::{MmapLock, Profile};
 
 impl Mm {
     /// Subscribes `ops` to this address space (`mmu_notifier_register`).
