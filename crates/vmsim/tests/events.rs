@@ -404,5 +404,5 @@ fn users_are_the_contracts_users_and_references_outlive_them() {
         vmsim::Space::mmget_not_zero(&reference).is_none(),
         "no user comes back"
     );
-    assert!(matches!(reference.mm().get_user(), None));
+    assert!(reference.mm().get_user().is_none());
 }
