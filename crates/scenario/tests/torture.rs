@@ -45,36 +45,33 @@ fn the_reference_drivers_survive_the_torture() {
     assert!(r.peak_rss_kib > 0);
 }
 
-#[test]
-fn a_mirror_that_forgets_set_seq_is_caught_within_seconds() {
+/// Runs the torture with `bug` attached; it must fail on that driver within 10 s.
+fn caught(bug: IntervalBug, name: &str, seed: u64) {
     let cfg = TortureConfig {
         duration: Duration::from_secs(20),
         threads: 3,
-        seed: 7,
-        buggy: Some(IntervalBug::SetSeqForgotten),
+        seed,
+        buggy: Some(bug),
         ..TortureConfig::default()
     };
     let r = run(&cfg, |_| {});
     assert!(!r.passed, "{r:#?}");
-    assert!(
-        r.violations.iter().any(|v| v.contains("SetSeqForgotten")),
-        "{r:#?}"
-    );
+    assert!(r.violations.iter().any(|v| v.contains(name)), "{r:#?}");
     let t = r.first_failure_s.unwrap();
     assert!(t < 10.0, "caught after {t} s");
 }
 
 #[test]
+fn a_mirror_that_forgets_set_seq_is_caught_within_seconds() {
+    caught(IntervalBug::SetSeqForgotten, "SetSeqForgotten", 7);
+}
+
+#[test]
 fn a_mirror_without_read_retry_is_caught_within_seconds() {
-    let cfg = TortureConfig {
-        duration: Duration::from_secs(20),
-        threads: 3,
-        seed: 11,
-        buggy: Some(IntervalBug::NoRetry),
-        ..TortureConfig::default()
-    };
-    let r = run(&cfg, |_| {});
-    assert!(!r.passed);
-    assert!(r.violations.iter().any(|v| v.contains("NoRetry")), "{r:#?}");
-    assert!(r.first_failure_s.unwrap() < 10.0);
+    caught(IntervalBug::NoRetry, "NoRetry", 11);
+}
+
+#[test]
+fn a_mirror_checking_read_retry_outside_its_lock_is_caught_within_seconds() {
+    caught(IntervalBug::RetryOutsideLock, "RetryOutsideLock", 13);
 }
