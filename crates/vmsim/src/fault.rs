@@ -239,6 +239,28 @@ fn do_anonymous_page(
 fn do_swap_page(space: &Space, vma: &Vma, leaf: &Leaf, page: u64, pte: Pte) -> Result<(), VmError> {
     let m = &space.machine;
     let slot = pte.swap_slot().expect("a swap entry");
+    // Our own reference to the slot while we read it (the swap cache's, in Linux): a zap under
+    // the mmap read lock (MADV_DONTNEED) may drop the entry's meanwhile.
+    {
+        let ptes = leaf.ptl.lock(); // the zap drops the entry's reference under it
+        if ptes[pte_index(page)] != pte {
+            return Ok(()); // changed already: the fault loop looks again
+        }
+        m.swap.dup(slot)?;
+    }
+    let r = swap_in(space, vma, leaf, page, pte, slot);
+    m.swap.free(slot).and(r)
+}
+
+fn swap_in(
+    space: &Space,
+    vma: &Vma,
+    leaf: &Leaf,
+    page: u64,
+    pte: Pte,
+    slot: u32,
+) -> Result<(), VmError> {
+    let m = &space.machine;
     let content = m.swap.load(slot)?;
     let pfn = crate::alloc::alloc_page(m, GFP_USER)?;
     let f = m.pool.get(pfn);
