@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod builtin;
 pub mod expect;
 pub mod load;
 pub mod outcome;

@@ -151,3 +151,26 @@ fn the_trace_sees_every_notifier_event_as_it_happens() {
         "exit at teardown: {seen:?}"
     );
 }
+
+#[test]
+fn the_built_in_files_are_the_scenario_files() {
+    let files = scenario_files();
+    assert_eq!(
+        files.len(),
+        scenario::builtin::FILES.len(),
+        "a file is missing from builtin.rs"
+    );
+    for f in files {
+        let name = f.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(
+            scenario::builtin::text(name),
+            Some(std::fs::read_to_string(&f).unwrap().as_str()),
+            "{name}"
+        );
+    }
+    let o = scenario::builtin::run_named("seed-001-odp-gfp-kernel-buggy", &RunOptions::default())
+        .unwrap();
+    assert!(o.passed, "{o}");
+    let e = scenario::builtin::run_named("seed-999", &RunOptions::default()).unwrap_err();
+    assert!(e.message.contains("seed-000-gntdev-fixed"), "{e}");
+}
