@@ -5,7 +5,8 @@
 //!
 //! `tests/corpus/*.toml` keeps every input that found a bug (each file says which); they are
 //! loaded (and run when they load) on every `cargo test`. `SCENARIO_FUZZ_CASES` raises the
-//! number of cases (default 256).
+//! number of cases (default 256); `SCENARIO_FUZZ_COUNT` prints `ran` for each input that was
+//! also run (about one in sixteen).
 
 use std::path::PathBuf;
 
@@ -50,6 +51,9 @@ fn exercise(text: &str) {
             .all(|m| m.get_ref().pages <= 4096);
     if calm && small {
         let _ = scenario::run(&loaded, &scenario::RunOptions::default());
+        if std::env::var_os("SCENARIO_FUZZ_COUNT").is_some() {
+            eprintln!("ran");
+        }
     }
 }
 
@@ -167,6 +171,62 @@ proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        exercise(&text);
+    }
+}
+
+/// A generated scenario: a random machine and mapping, random drivers, and random steps with
+/// numbers both inside and far outside their ranges.
+fn generated() -> impl Strategy<Value = String> {
+    let num = prop_oneof![0u64..80, Just(u64::MAX), Just(1 << 40), any::<u64>()];
+    let step = (0usize..14, num.clone(), num.clone(), 0usize..4);
+    (
+        (8usize..600, 0u32..600, 1u64..70, any::<bool>(), 0usize..4),
+        prop::collection::vec(0usize..8, 0..4),
+        prop::collection::vec(step, 0..12),
+    )
+        .prop_map(|((frames, swap, pages, populate, prof), drivers, steps)| {
+            let kinds = ["dmirror", "odp", "kvm", "gntdev", "userptr", "sva", "buggy-no-retry", "gntdev-4.12"];
+            let mut s = format!(
+                "name = \"gen\"\n[machine]\nframes = {frames}\nswap = {swap}\nprofile = \"{}\"\n[[process]]\nname = \"p\"\n[[process.mapping]]\nname = \"a\"\npages = {pages}\npopulate = {populate}\n",
+                if prof == 0 { "pre-5.12" } else { "current" }
+            );
+            for (i, k) in drivers.iter().enumerate() {
+                s += &format!("[[driver]]\nname = \"d{i}\"\nkind = \"{}\"\nprocess = \"p\"\nat = \"a\"\n", kinds[*k]);
+            }
+            let actions = ["fault", "read", "write", "migrate-to-device", "hold"];
+            for (op, x, y, d) in steps {
+                s += "[[step]]\n";
+                s += &match op {
+                    0 => format!("op = \"write\"\nat = \"a\"\npage = {x}\npages = {y}\nmay_fail = true\n"),
+                    1 => format!("op = \"read\"\nat = \"a\"\npage = {x}\nmay_fail = true\n"),
+                    2 => format!("op = \"madvise\"\nat = \"a\"\npage = {x}\nadvice = \"dontneed\"\n"),
+                    3 => format!("op = \"munmap\"\nat = \"a\"\npage = {x}\npages = {y}\nmay_fail = true\n"),
+                    4 => format!("op = \"reclaim\"\npages = {x}\n"),
+                    5 => "op = \"oom-kill\"\nprocess = \"p\"\n".to_owned(),
+                    6 => format!("op = \"fork\"\nprocess = \"p\"\nchild = \"c{x}\"\n"),
+                    7 => "op = \"exit\"\nprocess = \"p\"\n".to_owned(),
+                    8 => format!("op = \"alloc\"\ngfp = \"atomic\"\nholding = \"d{d}\"\nmay_fail = true\n"),
+                    9 => format!("op = \"fill-memory\"\nat = \"a\"\nleave_free = {x}\nmay_fail = true\n"),
+                    10 => format!("op = \"migrate\"\nat = \"a\"\npage = {x}\nmay_fail = true\n"),
+                    11 => format!("op = \"close\"\ndriver = \"d{d}\"\n"),
+                    12 => format!("op = \"mprotect\"\nat = \"a\"\nprot = \"r--\"\npage = {x}\n"),
+                    _ => format!(
+                        "op = \"device\"\ndriver = \"d{d}\"\naction = \"{}\"\npage = {x}\npages = {}\nmay_fail = true\n",
+                        actions[(y % 5) as usize],
+                        y % 70
+                    ),
+                };
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_scenarios_load_and_run_without_panicking(text in generated()) {
         exercise(&text);
     }
 }
