@@ -99,6 +99,10 @@ impl MmBuilder {
     /// The address space and its first user (`mm_alloc`: `mm_users == 1`): dropping the last
     /// [`MmUser`] tears the address space down (the [`Teardown`] given to the builder, or
     /// [`Mm::release`] alone).
+    ///
+    /// # Context
+    ///
+    /// Any context; allocates (the address space's grace-period domain); never sleeps or fails.
     pub fn build_user(self) -> MmUser {
         let mm = self.build();
         mm.inner.users.store(1, SeqCst);
@@ -107,6 +111,10 @@ impl MmBuilder {
 
     /// The address space with no user: nothing tears it down but an explicit
     /// [`Mm::release`] (a primary that manages its own lifetime, or a test).
+    ///
+    /// # Context
+    ///
+    /// Any context; allocates (the address space's grace-period domain); never sleeps or fails.
     pub fn build(self) -> Mm {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Mm {
@@ -151,11 +159,20 @@ pub struct MmUser {
 
 impl MmUser {
     /// A new address space with the default profile, and its first user.
+    ///
+    /// # Context
+    ///
+    /// Any context; allocates; never sleeps or fails. Dropping the last user tears the address
+    /// space down, which may sleep (see `Mm::release`).
     pub fn new() -> MmUser {
         MmBuilder::default().build_user()
     }
 
     /// The address space, as a reference that does not keep it in use (`mmgrab`).
+    ///
+    /// # Context
+    ///
+    /// Any context; never sleeps, allocates or fails.
     pub fn mm(&self) -> &Mm {
         &self.mm
     }
