@@ -147,10 +147,11 @@ impl Itree {
     }
 
     /// `mn_itree_inv_start_range` plus collecting the hit intervals, in ascending start order.
-    fn start_range(&self, range: &Range) -> (u64, Hits) {
+    /// Fills `hits` in place: the collection is not moved (its inline buffer is 128 bytes).
+    #[inline]
+    fn start_range(&self, range: &Range, hits: &mut Hits) -> u64 {
         let mut st = lock_as(&self.state, ContractLock::Itree);
         st.active += 1;
-        let mut hits = Hits::new();
         st.tree
             .for_each_overlap(range.start(), range.last(), |_, _, _, e| {
                 hits.push(e.clone());
@@ -159,14 +160,15 @@ impl Itree {
         if !hits.is_empty() {
             st.seq |= 1;
         }
-        (st.seq, hits)
+        st.seq
     }
 
     /// The start side (`mn_itree_invalidate`): opens this invalidation's share of the epoch
     /// and calls every hit interval; a refusal in a non-blockable range closes that share and
     /// fails.
     pub(crate) fn start(&self, range: &Range) -> Result<(), WouldBlock> {
-        let (cur_seq, hits) = self.start_range(range);
+        let mut hits = Hits::new();
+        let cur_seq = self.start_range(range, &mut hits);
         let blockable = range.is_blockable();
         for e in &hits {
             // Unlike `mn_itree_invalidate` in Linux, which leaves interval callbacks outside
@@ -227,7 +229,8 @@ impl Itree {
     /// The teardown invalidation (`mn_itree_release`), which nobody may refuse.
     pub(crate) fn release(&self) {
         let range = Range::whole(Event::Release);
-        let (cur_seq, hits) = self.start_range(&range);
+        let mut hits = Hits::new();
+        let cur_seq = self.start_range(&range, &mut hits);
         {
             let _mark = tls::enter(self.mm_id);
             for e in &hits {
