@@ -164,6 +164,8 @@ impl Mm {
     /// which holds the mmap lock for read. Allocates nothing of its own; fails with
     /// `WouldBlock` when a subscriber refuses, after ending every start that succeeded
     /// (`Profile::Current`).
+    // Its body repeats the blockable one's on purpose: one shared body (returning the guard
+    // with the start's result) cost 14-25 instructions per invalidation (cachegrind).
     #[track_caller]
     pub fn invalidate_range_start_nonblock(
         &self,
