@@ -385,6 +385,9 @@ impl<R: Registrar> RegCache<R> {
                     len: want.len(),
                     source,
                 })?;
+            // An unmap whose event was read before this point has released its thread; wait
+            // for its invalidation so that `read_retry` below sees it (see `gate`).
+            sh.host.gate().wait();
             let mut map = sh.map.write();
             if notifier.read_retry(seq) {
                 drop(map);
@@ -419,14 +422,27 @@ impl<R: Registrar> RegCache<R> {
                 watch: Mutex::new(watch),
                 deregistered: AtomicBool::new(false),
             });
-            map.entries
+            // An entry of the same range that died since this miss's flush is replaced here. It
+            // must not be dropped under the lock: dropping removes its interval notifier, which
+            // waits for an invalidation in flight, whose callback waits for this lock. It is
+            // finished (deregistered) below, after the lock is released.
+            let replaced = map
+                .entries
                 .insert((want.start(), want.end()), entry.clone());
+            if replaced.is_some() {
+                // Only dead entries can be replaced (a valid one would have been `covering`),
+                // and every dead entry in the map is counted in `dead`.
+                sh.dead.fetch_sub(1, Ordering::AcqRel);
+            }
             map.max_len = map.max_len.max(want.len());
             map.valid_count += 1;
             map.valid_bytes += want.len();
             sh.counters.registered.fetch_add(1, Ordering::Relaxed);
             let evicted = self.evict(&mut map, &entry);
             drop(map);
+            if let Some(old) = replaced {
+                self.finish(&old);
+            }
             if evicted {
                 self.flush();
             }

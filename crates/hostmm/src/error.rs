@@ -69,6 +69,36 @@ pub enum Error {
         /// The kernel's answer.
         errno: Errno,
     },
+    /// The range lies (partly) in a mapping whose pages the cache's invalidation source cannot
+    /// see change: a shared mapping (its file can be punched or truncated through another
+    /// mapping or descriptor) or a private file mapping (truncation zaps even its private
+    /// copies), under the uffd source.
+    #[error(
+        "[{start:#x}, {end:#x}) is a {} mapping: its pages can be freed through its file with no \
+         userfaultfd event on this mapping, so it is not cached; register it uncached, or use \
+         the bracketed source with HostMm::punch_hole/HostMm::truncate for every change to the file",
+        kind.name()
+    )]
+    UncoveredMapping {
+        /// First byte of the mapping.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// What backs it.
+        kind: crate::maps::MappingKind,
+    },
+    /// userfaultfd accepted the registration but `/proc/self/smaps` shows part of the range
+    /// unregistered afterwards: the range was unmapped and mapped again while it was being
+    /// registered (`UFFDIO_REGISTER` registers only what is mapped when it runs). Retry.
+    #[error("[{start:#x}, {end:#x}) changed while it was being registered with userfaultfd ({tries} tries); it is not cached")]
+    WatchUnverified {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// Registrations tried.
+        tries: u32,
+    },
     /// The coarse-registration cap was reached (see `MonitorConfig::max_regions`).
     #[error("the uffd monitor already watches {0} regions (its cap); raise MonitorConfig::max_regions or unregister memory")]
     TooManyRegions(usize),

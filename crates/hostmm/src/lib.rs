@@ -67,6 +67,7 @@ pub mod maps;
 mod monitor;
 mod primitive;
 pub mod race;
+mod ranges;
 mod registrar;
 mod source;
 pub mod testing;
@@ -82,8 +83,9 @@ pub use import::Importer;
 pub use mapping::Mapping;
 pub use mmu_notifier::Event;
 pub use monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
+pub use ranges::RangeCounts;
 pub use registrar::{
-    FrameRegistration, MlockRegistrar, NoopRegistrar, PagemapRegistrar, RangeCounts, Registrar,
+    FrameRegistration, MlockRegistrar, NoopRegistrar, PagemapRegistrar, Registrar,
 };
 pub use source::Source;
 pub use uffd::RegisterMode;

@@ -1,73 +1,181 @@
-//! Which mappings cover a range: the extent used for coarse userfaultfd registration.
+//! Which mappings cover a range, what kind they are, and whether userfaultfd really registered
+//! them: `/proc/self/maps` before registering, `/proc/self/smaps` (`VmFlags`) after.
 
 use crate::error::{Error, Result};
 use crate::va::VaRange;
+
+/// What backs a mapping, as far as an invalidation source can tell.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MappingKind {
+    /// Private anonymous memory (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`, `[heap]`, `[stack]`):
+    /// its pages change only through this address space.
+    PrivateAnonymous,
+    /// A private mapping of a file: truncating the file zaps even its copied-on-write pages
+    /// (`unmap_mapping_range(..., even_cows = 1)` from `truncate_pagecache`), with no event on
+    /// this mapping.
+    PrivateFile,
+    /// A shared mapping (shmem, memfd, `MAP_SHARED` file, System V shm): its pages are freed
+    /// through the file (`fallocate(PUNCH_HOLE)`, `ftruncate`, `MADV_REMOVE` through another
+    /// mapping) with no event on this mapping.
+    Shared,
+    /// `[vsyscall]`, `[vvar]`, `[vdso]`, `[uprobes]`: userfaultfd cannot take them.
+    Special,
+}
+
+impl MappingKind {
+    /// A short name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            MappingKind::PrivateAnonymous => "private anonymous",
+            MappingKind::PrivateFile => "private file-backed",
+            MappingKind::Shared => "shared (shmem, memfd or MAP_SHARED file)",
+            MappingKind::Special => "special kernel",
+        }
+    }
+}
 
 /// One line of `/proc/self/maps`, reduced to what registration needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapEntry {
     /// `[start, end)` of the VMA.
     pub range: VaRange,
-    /// Whether the pseudo-path marks a mapping userfaultfd cannot take (`[vsyscall]`, `[vvar]`, `[vdso]`).
-    pub special: bool,
+    /// What backs it.
+    pub kind: MappingKind,
+    /// From `smaps` only: whether its `VmFlags` show a userfaultfd registration of the mode
+    /// asked for (`uw` for write-protect, `um` for missing).
+    pub uffd: bool,
+}
+
+fn parse_header(line: &str) -> Option<(VaRange, MappingKind)> {
+    let mut fields = line.split_whitespace();
+    let (lo, hi) = fields.next()?.split_once('-')?;
+    let start = u64::from_str_radix(lo, 16).ok()?;
+    let end = u64::from_str_radix(hi, 16).ok()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let _dev = fields.next()?;
+    let inode: u64 = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("");
+    let kind = if matches!(
+        path,
+        "[vsyscall]" | "[vvar]" | "[vdso]" | "[vvar_vclock]" | "[uprobes]"
+    ) {
+        MappingKind::Special
+    } else if perms.as_bytes().get(3) == Some(&b's') {
+        MappingKind::Shared
+    } else if inode != 0 {
+        MappingKind::PrivateFile
+    } else {
+        MappingKind::PrivateAnonymous
+    };
+    Some((VaRange::from_bounds(start, end)?, kind))
 }
 
 /// Parses the text of a maps file.
 pub fn parse(text: &str) -> Vec<MapEntry> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (lo, hi) = fields.next()?.split_once('-')?;
-            let start = u64::from_str_radix(lo, 16).ok()?;
-            let end = u64::from_str_radix(hi, 16).ok()?;
-            let path = fields.nth(4).unwrap_or("");
-            let special = matches!(
-                path,
-                "[vsyscall]" | "[vvar]" | "[vdso]" | "[vvar_vclock]" | "[uprobes]"
-            );
+            let (range, kind) = parse_header(line)?;
             Some(MapEntry {
-                range: VaRange::from_bounds(start, end)?,
-                special,
+                range,
+                kind,
+                uffd: false,
             })
         })
         .collect()
 }
 
-/// The smallest union of whole, contiguous mappings that covers `want`; `NotMapped` if a byte of
-/// `want` is unmapped.
+/// Parses the text of an smaps file; `flag` is the `VmFlags` mnemonic of the registration
+/// (`"uw"` or `"um"`).
+pub fn parse_smaps(text: &str, flag: &str) -> Vec<MapEntry> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.uffd = flags.split_whitespace().any(|f| f == flag);
+            }
+        } else if let Some((range, kind)) = parse_header(line) {
+            out.push(MapEntry {
+                range,
+                kind,
+                uffd: false,
+            });
+        }
+    }
+    out
+}
+
+/// The union of the whole mappings overlapping `want`. Errors: `NotMapped` if a byte of `want`
+/// is unmapped; `UffdUnsupportedMapping` for special mappings; `UncoveredMapping` for a mapping
+/// whose pages can change without an event (anything but private anonymous memory).
 pub fn covering_extent(entries: &[MapEntry], want: VaRange) -> Result<VaRange> {
-    let not_mapped = Error::NotMapped {
+    let not_mapped = || Error::NotMapped {
         start: want.start(),
         end: want.end(),
     };
-    let first = entries
+    let mut cur = want.start();
+    let mut start = None;
+    for e in entries
         .iter()
-        .position(|e| e.range.start() <= want.start() && want.start() < e.range.end())
-        .ok_or_else(|| not_mapped.clone_shallow())?;
-    let start = entries[first].range.start();
-    let mut end = entries[first].range.end();
-    let mut special = entries[first].special;
-    for e in &entries[first + 1..] {
-        if end >= want.end() {
+        .skip_while(|e| e.range.end() <= want.start())
+    {
+        if cur >= want.end() {
             break;
         }
-        if e.range.start() != end {
-            return Err(not_mapped);
+        if e.range.start() > cur {
+            return Err(not_mapped());
         }
-        end = e.range.end();
-        special |= e.special;
+        match e.kind {
+            MappingKind::PrivateAnonymous => {}
+            MappingKind::Special => {
+                return Err(Error::UffdUnsupportedMapping {
+                    start: e.range.start(),
+                    end: e.range.end(),
+                    errno: rustix::io::Errno::INVAL,
+                })
+            }
+            kind => {
+                return Err(Error::UncoveredMapping {
+                    start: e.range.start(),
+                    end: e.range.end(),
+                    kind,
+                })
+            }
+        }
+        start.get_or_insert(e.range.start());
+        cur = e.range.end();
     }
-    if end < want.end() {
-        return Err(not_mapped);
+    match start {
+        Some(s) if cur >= want.end() => VaRange::from_bounds(s, cur).ok_or_else(not_mapped),
+        _ => Err(not_mapped()),
     }
-    if special {
-        return Err(Error::UffdUnsupportedMapping {
-            start,
-            end,
-            errno: rustix::io::Errno::INVAL,
-        });
-    }
-    VaRange::from_bounds(start, end).ok_or(not_mapped)
+}
+
+/// The parts of `within` that `entries` (from smaps) show registered with userfaultfd.
+pub fn registered_parts(entries: &[MapEntry], within: VaRange) -> Vec<VaRange> {
+    entries
+        .iter()
+        .filter(|e| e.uffd && e.range.overlaps(&within))
+        .filter_map(|e| {
+            VaRange::from_bounds(
+                e.range.start().max(within.start()),
+                e.range.end().min(within.end()),
+            )
+        })
+        .collect()
+}
+
+/// Reads `/proc/self/smaps` and returns what of `within` is registered in `mode`.
+pub fn registered_now(within: VaRange, mode: crate::uffd::RegisterMode) -> Result<Vec<VaRange>> {
+    let text = std::fs::read_to_string("/proc/self/smaps").map_err(|source| Error::Io {
+        what: "reading /proc/self/smaps",
+        source,
+    })?;
+    let flag = match mode {
+        crate::uffd::RegisterMode::WriteProtect => "uw",
+        crate::uffd::RegisterMode::Missing => "um",
+    };
+    Ok(registered_parts(&parse_smaps(&text, flag), within))
 }
 
 /// Reads `/proc/self/maps` and returns the extent covering `want`.
@@ -79,18 +187,6 @@ pub fn extent_of(want: VaRange) -> Result<VaRange> {
     covering_extent(&parse(&text), want)
 }
 
-impl Error {
-    fn clone_shallow(&self) -> Error {
-        match self {
-            Error::NotMapped { start, end } => Error::NotMapped {
-                start: *start,
-                end: *end,
-            },
-            _ => Error::Config("internal: clone_shallow on an unexpected variant"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +196,7 @@ mod tests {
 7f0000000000-7f0000004000 rw-p 00000000 00:00 0
 7f0000004000-7f0000010000 r--p 00000000 00:00 0
 7f0000020000-7f0000030000 rw-p 00000000 08:01 1234       /usr/lib/libc.so.6
+7f0000040000-7f0000050000 rw-s 00000000 00:01 77         /memfd:x (deleted)
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]
 ";
 
@@ -128,6 +225,44 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]
             covering_extent(&e, VaRange::new(0x1000, 0x1000).unwrap()),
             Err(Error::NotMapped { .. })
         ));
+    }
+
+    #[test]
+    fn shared_and_file_mappings_are_uncovered() {
+        let e = parse(MAPS);
+        assert!(matches!(
+            covering_extent(&e, VaRange::new(0x7f0000041000, 0x1000).unwrap()),
+            Err(Error::UncoveredMapping {
+                kind: MappingKind::Shared,
+                ..
+            })
+        ));
+        assert!(matches!(
+            covering_extent(&e, VaRange::new(0x7f0000020000, 0x1000).unwrap()),
+            Err(Error::UncoveredMapping {
+                kind: MappingKind::PrivateFile,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn smaps_flags_show_what_is_registered() {
+        let text = "\
+7f0000000000-7f0000004000 rw-p 00000000 00:00 0
+Size:                 16 kB
+VmFlags: rd wr mr mw me ac uw
+7f0000004000-7f0000008000 rw-p 00000000 00:00 0
+Size:                 16 kB
+VmFlags: rd wr mr mw me ac
+";
+        let e = parse_smaps(text, "uw");
+        let want = VaRange::new(0x7f0000002000, 0x4000).unwrap();
+        assert_eq!(
+            registered_parts(&e, want),
+            vec![VaRange::new(0x7f0000002000, 0x2000).unwrap()]
+        );
+        assert!(registered_parts(&parse_smaps(text, "um"), want).is_empty());
     }
 
     #[test]

@@ -118,7 +118,8 @@ pub struct UffdMonitor {
 /// A reference on a coarse registration; dropping it may unregister the mapping.
 pub struct Watch {
     inner: Arc<Inner>,
-    id: u64,
+    /// The registered runs this watch holds references on.
+    held: Vec<VaRange>,
 }
 
 impl UffdMonitor {
@@ -173,10 +174,14 @@ impl UffdMonitor {
     }
 
     /// Makes sure every mapping covering `[start, start + len)` is registered (whole mappings,
-    /// once), and takes a reference on it. Unaligned ranges are widened to pages.
+    /// once) — verified in `/proc/self/smaps` after registering — and takes a reference on the
+    /// registration. Unaligned ranges are widened to pages.
     ///
-    /// Errors: [`Error::NotMapped`], [`Error::UffdBusy`] (another uffd owns the mapping),
-    /// [`Error::UffdUnsupportedMapping`], [`Error::TooManyRegions`], [`Error::MonitorFailed`].
+    /// Errors: [`Error::NotMapped`] (a byte of the range is unmapped),
+    /// [`Error::UncoveredMapping`] (shared or file-backed memory, whose pages change with no
+    /// event), [`Error::WatchUnverified`] (the range kept changing while it was registered),
+    /// [`Error::UffdBusy`] (another uffd owns the mapping), [`Error::UffdUnsupportedMapping`],
+    /// [`Error::TooManyRegions`], [`Error::MonitorFailed`].
     pub fn watch(&self, start: u64, len: u64) -> Result<Watch> {
         self.watch_range(VaRange::covering(start, len)?)
     }
@@ -188,17 +193,14 @@ impl UffdMonitor {
         }
         let mut ws = lock(&sh.watches);
         sh.unmapped.drain_into(&mut ws);
-        let own_stack = *lock(&sh.own_stack);
-        let id = ws.watch(&sh.uffd, sh.mode, want, |w| {
-            let ext = crate::maps::extent_of(w)?;
-            Ok(match own_stack {
-                Some(st) if st.overlaps(&ext) => clip_around(ext, st, w),
-                _ => ext,
-            })
-        })?;
+        let probe = ProcProbe {
+            own_stack: *lock(&sh.own_stack),
+            mode: sh.mode,
+        };
+        let held = ws.watch(&sh.uffd, sh.mode, want, &probe)?;
         Ok(Watch {
             inner: self.inner.clone(),
-            id,
+            held,
         })
     }
 
@@ -261,13 +263,13 @@ impl Drop for Watch {
         let sh = &self.inner.shared;
         let mut ws = lock(&sh.watches);
         sh.unmapped.drain_into(&mut ws);
-        ws.unwatch(&sh.uffd, self.id);
+        ws.unwatch(&sh.uffd, &self.held);
     }
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch").field("region", &self.id).finish()
+        f.debug_struct("Watch").field("held", &self.held).finish()
     }
 }
 
@@ -279,6 +281,26 @@ impl Drop for Inner {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// `/proc/self/maps` and `/proc/self/smaps`, keeping the monitor thread's own stack out of every
+/// extent.
+struct ProcProbe {
+    own_stack: Option<VaRange>,
+    mode: RegisterMode,
+}
+
+impl crate::watch::Probe for ProcProbe {
+    fn extent(&self, want: VaRange) -> Result<VaRange> {
+        let ext = crate::maps::extent_of(want)?;
+        Ok(match self.own_stack {
+            Some(st) if st.overlaps(&ext) => clip_around(ext, st, want),
+            _ => ext,
+        })
+    }
+    fn registered(&self, within: VaRange) -> Result<Vec<VaRange>> {
+        crate::maps::registered_now(within, self.mode)
     }
 }
 

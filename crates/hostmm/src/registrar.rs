@@ -2,13 +2,13 @@
 //! registration, a DMA map). The cache calls `register` on a miss and `deregister` when the
 //! entry dies, never on the invalidation path.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use crate::error::RegistrarError;
 use crate::primitive::lock;
+use crate::ranges::RangeCounts;
 use crate::va::{page_size, VaRange};
 
 /// Registers and deregisters ranges with a secondary MMU (`ibv_reg_mr`/`ibv_dereg_mr`,
@@ -39,80 +39,78 @@ impl Registrar for NoopRegistrar {
     fn deregister(&self, _range: VaRange, _registration: &()) {}
 }
 
-/// Reference counts over byte ranges, so overlapping pins compose: `munlock` only runs on bytes
-/// whose last pin went away (mlock itself is not counted by the kernel).
-#[derive(Debug, Default)]
-pub struct RangeCounts {
-    /// Disjoint segments: start → (end, count ≥ 1).
-    segs: BTreeMap<u64, (u64, u32)>,
+/// Every pin made through hostmm in this process. `mlock` and `MADV_DONTFORK` are per-VMA
+/// flags the kernel does not count, so overlapping pins — of one registrar or of several — must
+/// share one count: a flag is cleared only on bytes no pin needs any more.
+static PINS: Mutex<RangeCounts> = Mutex::new(RangeCounts::new());
+
+/// Pins the way a long-term device pin must, before anything records what backs the range:
+///
+/// * `mlock(2)`: populates every page and, on a private writable mapping, write-faults it
+///   (`populate_vma_page_range` in `mm/gup.c` adds `FOLL_WRITE` there), so a page still shared
+///   copy-on-write with a child forked earlier is copied now, before its frame is recorded.
+///   The range becomes `VM_LOCKED`, which `MADV_DONTNEED`/`MADV_FREE` refuse (`EINVAL`) — and
+///   they check it again after the userfaultfd `REMOVE` event, when they take the mmap lock back
+///   to zap (`madvise_dontneed_free` in `mm/madvise.c`), so no zap can follow a pin that was
+///   made between the event and the zap.
+/// * `MADV_DONTFORK` (what `ibv_fork_init` does): a later `fork` does not share the range with
+///   the child, so a write in the parent after a fork cannot move it to a new frame.
+///
+/// Returns the error of the first call that failed, with nothing left pinned by this call.
+fn pin(range: VaRange) -> Result<(), RegistrarError> {
+    let mut pins = lock(&PINS);
+    // SAFETY: mlock only changes residency (it faults pages in); it fails cleanly (ENOMEM) on
+    // unmapped memory.
+    if let Err(errno) = unsafe { rustix::mm::mlock(range.as_ptr(), range.len_usize()) } {
+        // mlock may have locked the mappings before a hole: undo that on bytes nobody pins.
+        pins.add(range);
+        for r in pins.remove(range) {
+            unpin_flags(r);
+        }
+        return Err(RegistrarError::Sys {
+            call: "mlock",
+            errno,
+        });
+    }
+    let fresh = pins.add(range);
+    for r in &fresh {
+        // SAFETY: MADV_DONTFORK only changes what a future fork copies; no memory changes.
+        if let Err(errno) =
+            unsafe { rustix::mm::madvise(r.as_ptr(), r.len_usize(), rustix::mm::Advice::LinuxDontFork) }
+        {
+            for r in pins.remove(range) {
+                unpin_flags(r);
+            }
+            return Err(RegistrarError::Sys {
+                call: "madvise(MADV_DONTFORK)",
+                errno,
+            });
+        }
+    }
+    Ok(())
 }
 
-impl RangeCounts {
-    fn split_at(&mut self, at: u64) {
-        if let Some((&s, &(e, c))) = self.segs.range(..at).next_back() {
-            if e > at {
-                self.segs.insert(s, (at, c));
-                self.segs.insert(at, (e, c));
-            }
-        }
-    }
-
-    /// Adds one reference on `r`.
-    pub fn add(&mut self, r: VaRange) {
-        self.split_at(r.start());
-        self.split_at(r.end());
-        let mut cur = r.start();
-        let existing: Vec<(u64, u64, u32)> = self
-            .segs
-            .range(r.start()..r.end())
-            .map(|(&s, &(e, c))| (s, e, c))
-            .collect();
-        for (s, e, c) in existing {
-            if s > cur {
-                self.segs.insert(cur, (s, 1));
-            }
-            self.segs.insert(s, (e, c + 1));
-            cur = e;
-        }
-        if cur < r.end() {
-            self.segs.insert(cur, (r.end(), 1));
-        }
-    }
-
-    /// Drops one reference on `r`; returns the sub-ranges whose count reached zero.
-    pub fn remove(&mut self, r: VaRange) -> Vec<VaRange> {
-        self.split_at(r.start());
-        self.split_at(r.end());
-        let existing: Vec<(u64, u64, u32)> = self
-            .segs
-            .range(r.start()..r.end())
-            .map(|(&s, &(e, c))| (s, e, c))
-            .collect();
-        let mut freed: Vec<VaRange> = Vec::new();
-        for (s, e, c) in existing {
-            if c <= 1 {
-                self.segs.remove(&s);
-                match freed.last_mut() {
-                    Some(last) if last.end() == s => {
-                        *last = VaRange::from_bounds(last.start(), e).unwrap_or(*last)
-                    }
-                    _ => freed.extend(VaRange::from_bounds(s, e)),
-                }
-            } else {
-                self.segs.insert(s, (e, c - 1));
-            }
-        }
-        freed
-    }
-
-    /// Number of bytes with at least one reference.
-    pub fn bytes(&self) -> u64 {
-        self.segs.iter().map(|(s, (e, _))| e - s).sum()
+/// Drops one pin of `range`; clears the flags on bytes no other pin holds.
+fn unpin(range: VaRange) {
+    let mut pins = lock(&PINS);
+    for r in pins.remove(range) {
+        unpin_flags(r);
     }
 }
 
-/// Pins with `mlock(2)`: the pages are resident and stay so until the last overlapping
-/// registration is released.
+fn unpin_flags(r: VaRange) {
+    // SAFETY: munlock and MADV_DOFORK only change residency and what a future fork copies; on
+    // memory unmapped meanwhile they fail with ENOMEM, which leaves nothing to undo.
+    unsafe {
+        let _ = rustix::mm::munlock(r.as_ptr(), r.len_usize());
+        let _ = rustix::mm::madvise(r.as_ptr(), r.len_usize(), rustix::mm::Advice::LinuxDoFork);
+    }
+}
+
+/// Pins with `mlock(2)` and `MADV_DONTFORK` (see the crate's rules): the pages are resident,
+/// copy-on-write is broken, `MADV_DONTNEED` cannot zap them and a `fork` does not share them,
+/// until the last overlapping pin is released. Build a device registrar on it: pin first, then
+/// register with the device (`ibv_reg_mr`), and deregister before unpinning.
 #[derive(Debug, Default)]
 pub struct MlockRegistrar {
     counts: Mutex<RangeCounts>,
@@ -130,33 +128,16 @@ impl MlockRegistrar {
     }
 }
 
-fn mlock(r: VaRange) -> Result<(), RegistrarError> {
-    // SAFETY: mlock only changes residency; it fails cleanly (ENOMEM) on unmapped memory.
-    unsafe { rustix::mm::mlock(r.as_ptr(), r.len_usize()) }.map_err(|errno| RegistrarError::Sys {
-        call: "mlock",
-        errno,
-    })
-}
-
-fn munlock(r: VaRange) {
-    // SAFETY: munlock only changes residency; on memory unmapped meanwhile it fails with
-    // ENOMEM, which leaves nothing to undo.
-    let _ = unsafe { rustix::mm::munlock(r.as_ptr(), r.len_usize()) };
-}
-
 impl Registrar for MlockRegistrar {
     type Registration = ();
     fn register(&self, range: VaRange) -> Result<(), RegistrarError> {
-        let mut counts = lock(&self.counts);
-        mlock(range)?;
-        counts.add(range);
+        pin(range)?;
+        lock(&self.counts).add(range);
         Ok(())
     }
     fn deregister(&self, range: VaRange, _registration: &()) {
-        let mut counts = lock(&self.counts);
-        for r in counts.remove(range) {
-            munlock(r);
-        }
+        lock(&self.counts).remove(range);
+        unpin(range);
     }
 }
 
@@ -243,35 +224,5 @@ impl Registrar for PagemapRegistrar {
     }
     fn deregister(&self, range: VaRange, _registration: &FrameRegistration) {
         self.mlock.deregister(range, &());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(s: u64, e: u64) -> VaRange {
-        VaRange::from_bounds(s, e).unwrap()
-    }
-
-    #[test]
-    fn overlapping_pins_release_only_unshared_bytes() {
-        let mut c = RangeCounts::default();
-        c.add(r(0x1000, 0x3000));
-        c.add(r(0x2000, 0x5000));
-        assert_eq!(c.bytes(), 0x4000);
-        assert_eq!(c.remove(r(0x1000, 0x3000)), vec![r(0x1000, 0x2000)]);
-        assert_eq!(c.bytes(), 0x3000);
-        assert_eq!(c.remove(r(0x2000, 0x5000)), vec![r(0x2000, 0x5000)]);
-        assert_eq!(c.bytes(), 0);
-    }
-
-    #[test]
-    fn same_range_twice_needs_two_releases() {
-        let mut c = RangeCounts::default();
-        c.add(r(0x1000, 0x2000));
-        c.add(r(0x1000, 0x2000));
-        assert!(c.remove(r(0x1000, 0x2000)).is_empty());
-        assert_eq!(c.remove(r(0x1000, 0x2000)), vec![r(0x1000, 0x2000)]);
     }
 }

@@ -1,173 +1,166 @@
-//! Coarse userfaultfd registration: whole mappings, deduplicated and refcounted.
+//! Coarse userfaultfd registration that tracks what the kernel really registered.
 //!
 //! Registering every cache entry separately splits a VMA per entry and exhausts
 //! `vm.max_map_count` (libfabric: 32 754 registrations are enough to make unrelated `mmap` and
-//! `malloc` fail). Here a watch on a range registers the *whole mappings* covering it, once; later
-//! watches inside a live region only take a reference; the region is unregistered when its last
-//! reference is dropped.
+//! `malloc` fail). Here a watch registers the *whole mappings* overlapping its range, once;
+//! later watches inside registered memory only take references.
 //!
-//! The set of *live pieces* mirrors what is registered in the kernel: pieces are disjoint across
-//! regions. A new registration takes ownership of any piece it overlaps (the kernel registration
-//! of that memory is now the new region's), and an `UNMAP`/`REMAP` event removes the vanished
-//! part, since Linux drops the registration with the VMA. Unregistering a region touches only its
-//! own live pieces, so it can never remove a registration someone else relies on.
+//! # What is tracked, and why it cannot drift
 //!
-//! The set may lag behind the kernel (an unmap whose event is not processed yet). The cache
-//! copes: it watches *after* `read_begin`, and the monitor trims pieces *before* it invalidates,
-//! so a watch that trusted a stale piece always collides with that invalidation and retries.
+//! * `registered` is a set of ranges that is always a **subset of what the kernel has
+//!   registered** for this descriptor. Ranges enter it only after `UFFDIO_REGISTER` returned
+//!   *and* `/proc/self/smaps` showed their `VmFlags` with the registration (`uw`/`um`):
+//!   `UFFDIO_REGISTER` over a range with a hole succeeds and registers only what is mapped when
+//!   it runs (`userfaultfd_register` in `fs/userfaultfd.c` walks the VMAs present), so a mapping
+//!   created in the hole later is not registered, and its unmap raises no event. Ranges leave it
+//!   on an `UNMAP`/`REMAP` event (Linux drops the registration with the VMA) and when unregistered.
+//! * A watch succeeds only if **all of its range** is in `registered`; otherwise it registers,
+//!   verifies, and fails with [`Error::NotMapped`] (a hole) or [`Error::WatchUnverified`] (the
+//!   range kept changing) rather than trusting memory that raises no event.
+//! * `refs` counts, per byte, the watches that need the registration (each watch holds the
+//!   registered runs it relied on). A byte is unregistered only when its count reaches zero, so
+//!   a watch going away never unregisters memory another live watch relies on, whichever watch
+//!   registered it first.
+//!
+//! The set may lag behind the kernel by an event read but not yet applied. The cache copes: it
+//! watches *after* `read_begin`, the monitor queues the unmap *before* it invalidates, and a
+//! lookup or miss passes the pending gate, so a watch that trusted a range the kernel had
+//! already dropped always collides with that invalidation and retries.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::primitive::lock;
-
 use crate::error::{Error, Result};
+use crate::primitive::lock;
+use crate::ranges::{RangeCounts, RangeSet};
 use crate::uffd::{RegisterMode, Userfaultfd};
 use crate::va::VaRange;
 
-struct Region {
-    refs: usize,
-    pieces: usize,
+/// How often a watch registers again when verification finds the range changed meanwhile.
+const VERIFY_TRIES: u32 = 3;
+
+/// What the kernel has registered for this descriptor, and who needs it.
+pub(crate) struct WatchSet {
+    registered: RangeSet,
+    refs: RangeCounts,
+    max_regions: usize,
+    /// `UFFDIO_REGISTER` calls made (for statistics and tests).
+    pub(crate) registers: u64,
+    /// `UFFDIO_UNREGISTER` calls made.
+    pub(crate) unregisters: u64,
 }
 
-/// Where registered memory is and who owns it.
-pub(crate) struct WatchSet {
-    /// Disjoint live pieces: start → (end, region id).
-    pieces: BTreeMap<u64, (u64, u64)>,
-    regions: BTreeMap<u64, Region>,
-    next_id: u64,
-    max_regions: usize,
-    /// Registrations made (for statistics and tests).
-    pub(crate) registers: u64,
-    /// Unregistrations made.
-    pub(crate) unregisters: u64,
+/// How a watch finds and checks mappings: `/proc/self/maps` and `/proc/self/smaps` normally.
+pub(crate) trait Probe {
+    /// The whole mappings overlapping `want` (typed errors for holes and uncovered kinds).
+    fn extent(&self, want: VaRange) -> Result<VaRange>;
+    /// The parts of `within` the kernel shows registered now.
+    fn registered(&self, within: VaRange) -> Result<Vec<VaRange>>;
 }
 
 impl WatchSet {
     pub(crate) fn new(max_regions: usize) -> Self {
         Self {
-            pieces: BTreeMap::new(),
-            regions: BTreeMap::new(),
-            next_id: 1,
+            registered: RangeSet::default(),
+            refs: RangeCounts::new(),
             max_regions,
             registers: 0,
             unregisters: 0,
         }
     }
 
+    /// Registered runs (for statistics).
     pub(crate) fn region_count(&self) -> usize {
-        self.regions.len()
+        self.registered.len()
     }
 
-    /// The live registered pieces, for tests and diagnostics.
+    /// The registered runs, for tests and diagnostics.
     pub(crate) fn pieces(&self) -> Vec<VaRange> {
-        self.pieces
-            .iter()
-            .filter_map(|(s, (e, _))| VaRange::from_bounds(*s, *e))
-            .collect()
+        self.registered.runs()
     }
 
-    fn covering_piece(&self, want: VaRange) -> Option<u64> {
-        let (_, &(end, id)) = self.pieces.range(..=want.start()).next_back()?;
-        (end >= want.end()).then_some(id)
-    }
-
-    /// Takes a reference on a region covering `want`, registering whole mappings if none does.
-    /// `extent` finds the mappings around `want` (normally `/proc/self/maps`).
+    /// Makes sure all of `want` is registered (whole mappings), and takes references on the
+    /// registered runs it relies on; returns them (give them back to [`unwatch`](Self::unwatch)).
     pub(crate) fn watch(
         &mut self,
         uffd: &Userfaultfd,
         mode: RegisterMode,
         want: VaRange,
-        extent: impl FnOnce(VaRange) -> Result<VaRange>,
-    ) -> Result<u64> {
-        if let Some(id) = self.covering_piece(want) {
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.refs += 1;
-                return Ok(id);
+        probe: &impl Probe,
+    ) -> Result<Vec<VaRange>> {
+        if let Some(run) = self.registered.run_containing(want) {
+            self.refs.add(run);
+            return Ok(vec![run]);
+        }
+        if self.registered.len() >= self.max_regions {
+            return Err(Error::TooManyRegions(self.registered.len()));
+        }
+        for _ in 0..VERIFY_TRIES {
+            let ext = probe.extent(want)?;
+            uffd.register(ext, mode)?;
+            self.registers += 1;
+            let confirmed = probe.registered(ext)?;
+            for r in &confirmed {
+                self.registered.insert(*r);
+            }
+            if let Some(run) = self.registered.run_containing(want) {
+                // Hold every run of what was just registered, so none of it stays registered
+                // with nobody to unregister it.
+                debug_assert!(run.contains(&want));
+                let held: Vec<VaRange> = self.registered.within(ext);
+                for r in &held {
+                    self.refs.add(*r);
+                }
+                return Ok(held);
+            }
+            // A hole, or a mapping that appeared in one after the register ran: release what
+            // nobody holds and look again.
+            for r in self.registered.within(ext) {
+                self.release_unheld(uffd, r);
             }
         }
-        if self.regions.len() >= self.max_regions {
-            return Err(Error::TooManyRegions(self.regions.len()));
-        }
-        let ext = extent(want)?;
-        uffd.register(ext, mode)?;
-        self.registers += 1;
-        self.trim(ext);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pieces.insert(ext.start(), (ext.end(), id));
-        self.regions.insert(id, Region { refs: 1, pieces: 1 });
-        Ok(id)
+        Err(Error::WatchUnverified {
+            start: want.start(),
+            end: want.end(),
+            tries: VERIFY_TRIES,
+        })
     }
 
-    /// Drops a reference; the last one unregisters what the region still owns.
-    pub(crate) fn unwatch(&mut self, uffd: &Userfaultfd, id: u64) {
-        let Some(r) = self.regions.get_mut(&id) else {
-            return;
-        };
-        r.refs -= 1;
-        if r.refs > 0 {
-            return;
+    /// Drops the references a watch took; unregisters the bytes nobody needs any more.
+    pub(crate) fn unwatch(&mut self, uffd: &Userfaultfd, held: &[VaRange]) {
+        for r in held {
+            for freed in self.refs.remove(*r) {
+                self.release_unheld(uffd, freed);
+            }
         }
-        self.regions.remove(&id);
-        let mine: Vec<(u64, u64)> = self
-            .pieces
-            .iter()
-            .filter(|(_, (_, owner))| *owner == id)
-            .map(|(s, (e, _))| (*s, *e))
+    }
+
+    /// Unregisters what of `r` is registered and held by no watch.
+    fn release_unheld(&mut self, uffd: &Userfaultfd, r: VaRange) {
+        let pieces: Vec<VaRange> = self
+            .registered
+            .within(r)
+            .into_iter()
+            .flat_map(|p| self.refs.unheld_within(p))
             .collect();
-        for (s, e) in mine {
-            self.pieces.remove(&s);
-            if let Some(piece) = VaRange::from_bounds(s, e) {
-                // The piece may have been unmapped and its event not processed yet: then there
-                // is nothing left to unregister and the kernel says so; nothing to do about it.
-                let _ = uffd.unregister(piece);
-                self.unregisters += 1;
-            }
+        for piece in pieces {
+            self.registered.remove(piece);
+            // The piece may have been unmapped and its event not applied yet: then there is
+            // nothing left to unregister and the kernel says so; nothing to do about it.
+            let _ = uffd.unregister(piece);
+            self.unregisters += 1;
         }
     }
 
-    /// Forgets every piece (their regions stay, and are never unregistered): used when the
-    /// unmap queue overflowed and the set can no longer tell what the kernel still has.
+    /// Forgets every registered range: used when the unmap queue overflowed and the set can no
+    /// longer tell what the kernel still has (safe: a forgotten range is registered again and
+    /// verified on its next watch; what stays registered meanwhile only costs events).
     pub(crate) fn forget_all(&mut self) {
-        self.pieces.clear();
-        for r in self.regions.values_mut() {
-            r.pieces = 0;
-        }
+        self.registered.clear();
     }
 
     /// The kernel dropped the registration of `gone` (munmap, moving mremap).
     pub(crate) fn on_unmap(&mut self, gone: VaRange) {
-        self.trim(gone);
-    }
-
-    /// Removes `cut` from every live piece, keeping the parts outside it with their owners.
-    fn trim(&mut self, cut: VaRange) {
-        let mut hit = Vec::new();
-        if let Some((&s, &(e, id))) = self.pieces.range(..cut.start()).next_back() {
-            if e > cut.start() {
-                hit.push((s, e, id));
-            }
-        }
-        for (&s, &(e, id)) in self.pieces.range(cut.start()..cut.end()) {
-            hit.push((s, e, id));
-        }
-        for (s, e, id) in hit {
-            self.pieces.remove(&s);
-            let mut kept = 0;
-            if s < cut.start() {
-                self.pieces.insert(s, (cut.start(), id));
-                kept += 1;
-            }
-            if e > cut.end() {
-                self.pieces.insert(cut.end(), (e, id));
-                kept += 1;
-            }
-            if let Some(r) = self.regions.get_mut(&id) {
-                r.pieces = r.pieces + kept - 1;
-            }
-        }
+        self.registered.remove(gone);
     }
 }
 

@@ -358,6 +358,10 @@ fn stress_no_hit_predates_a_completed_invalidation() {
         }));
     }
     let imp = host.importer().unwrap();
+    // On a loaded machine the lookers may not have run yet: start once they have.
+    while cache.stats().misses == 0 {
+        std::thread::yield_now();
+    }
     for k in 1..=3000 {
         // Registrations made from now on record k; invalidation k then runs and completes.
         version.store(k, Ordering::SeqCst);
