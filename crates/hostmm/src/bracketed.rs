@@ -127,6 +127,8 @@ impl HostMm {
 
     /// `madvise`, inside a `Clear` window when the advice drops pages (DONTNEED, FREE, REMOVE);
     /// other advice cannot move a pinned page and is passed through without an invalidation.
+    /// `MADV_REMOVE` frees the file's pages in every mapping of them, so its window covers every
+    /// mapping of that file range in this process (see [`HostMm::punch_hole`]).
     ///
     /// # Safety
     /// As for `madvise(2)`: advice that drops pages makes their contents zero (or undefined for
@@ -135,7 +137,22 @@ impl HostMm {
         let r = VaRange::new(start, len)?;
         // SAFETY: the caller upholds madvise's contract for `r`.
         let call = || unsafe { rustix::mm::madvise(r.as_ptr(), r.len_usize(), advice) };
-        let out = if advice_invalidates(advice) {
+        let out = if advice == Advice::LinuxRemove {
+            // MADV_REMOVE punches the file: every mapping of those file pages loses them.
+            let mut ranges = vec![r];
+            if let Some(((dev, inode), off)) = crate::maps::file_at(r.start())? {
+                ranges.extend(crate::maps::mappings_of_file(
+                    dev,
+                    inode,
+                    off,
+                    off + r.len(),
+                )?);
+            }
+            let guards = self.windows_over(&ranges, Event::Clear)?;
+            let out = call();
+            drop(guards);
+            out
+        } else if advice_invalidates(advice) {
             self.bracket(r, Event::Clear, call)?
         } else {
             call()

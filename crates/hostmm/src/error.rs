@@ -75,7 +75,7 @@ pub enum Error {
     /// copies), under the uffd source.
     #[error(
         "[{start:#x}, {end:#x}) is a {} mapping: its pages can be freed through its file with no \
-         userfaultfd event on this mapping, so it is not cached; register it uncached, or use \
+         userfaultfd event on this mapping, so it is not cached; use \
          the bracketed source with HostMm::punch_hole/HostMm::truncate for every change to the file",
         kind.name()
     )]

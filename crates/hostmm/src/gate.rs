@@ -173,7 +173,15 @@ impl Drop for Window<'_> {
         let g = &self.opener.gate.inner;
         g.slots[self.opener.slot].fetch_add(1, Ordering::SeqCst);
         g.open.fetch_sub(1, Ordering::SeqCst);
-        if g.sleepers.load(Ordering::SeqCst) != 0 {
+        // A sleeper announces itself (`sleepers += 1`) and then reads the slot; this closer
+        // bumped the slot and now reads `sleepers`. One of the two must see the other's write.
+        // With plain loads that is the store→load (Dekker) pattern, which only a single total
+        // order of SeqCst operations guarantees. Reading `sleepers` with a read-modify-write
+        // instead makes it hold under acquire/release alone: an RMW reads the latest value in
+        // `sleepers`' modification order, so either it sees the sleeper's increment, or the
+        // increment reads from this RMW and the slot bump happens-before the sleeper's check.
+        // (loom treats SeqCst as AcqRel, and found the lost wake-up the plain load allows there.)
+        if g.sleepers.fetch_add(0, Ordering::SeqCst) != 0 {
             // Taking the lock orders this wake-up after a sleeper's last check.
             drop(lock(&g.wake_lock));
             g.wake.notify_all();

@@ -59,6 +59,7 @@ mod bracketed;
 pub mod brlock;
 mod cache;
 mod error;
+mod file;
 pub mod gate;
 mod host;
 mod import;

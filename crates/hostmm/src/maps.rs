@@ -2,7 +2,7 @@
 //! them: `/proc/self/maps` before registering, `/proc/self/smaps` (`VmFlags`) after.
 
 use crate::error::{Error, Result};
-use crate::va::VaRange;
+use crate::va::{page_size, VaRange};
 
 /// What backs a mapping, as far as an invalidation source can tell.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -115,10 +115,7 @@ pub fn covering_extent(entries: &[MapEntry], want: VaRange) -> Result<VaRange> {
     };
     let mut cur = want.start();
     let mut start = None;
-    for e in entries
-        .iter()
-        .skip_while(|e| e.range.end() <= want.start())
-    {
+    for e in entries.iter().skip_while(|e| e.range.end() <= want.start()) {
         if cur >= want.end() {
             break;
         }
@@ -185,6 +182,74 @@ pub fn extent_of(want: VaRange) -> Result<VaRange> {
         source,
     })?;
     covering_extent(&parse(&text), want)
+}
+
+/// A file as `/proc/self/maps` names it: `((major, minor), inode)`.
+pub type FileId = ((u32, u32), u64);
+
+/// One line of a maps file with its file identity: `(range, (major, minor), inode, offset)`.
+fn parse_file_line(line: &str) -> Option<(VaRange, (u32, u32), u64, u64)> {
+    let mut f = line.split_whitespace();
+    let (lo, hi) = f.next()?.split_once('-')?;
+    let range = VaRange::from_bounds(
+        u64::from_str_radix(lo, 16).ok()?,
+        u64::from_str_radix(hi, 16).ok()?,
+    )?;
+    let _perms = f.next()?;
+    let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+    let (maj, min) = f.next()?.split_once(':')?;
+    let dev = (
+        u32::from_str_radix(maj, 16).ok()?,
+        u32::from_str_radix(min, 16).ok()?,
+    );
+    let inode = f.next()?.parse().ok()?;
+    Some((range, dev, inode, offset))
+}
+
+/// The virtual ranges, in `text` (a maps file), that map bytes `[offset, end)` of the file
+/// `(dev, inode)`.
+pub fn file_ranges(text: &str, dev: (u32, u32), inode: u64, offset: u64, end: u64) -> Vec<VaRange> {
+    text.lines()
+        .filter_map(parse_file_line)
+        .filter(|&(_, d, i, _)| d == dev && i == inode && inode != 0)
+        .filter_map(|(r, _, _, off)| {
+            let (lo, hi) = (offset.max(off), end.min(off.saturating_add(r.len())));
+            if lo >= hi {
+                return None;
+            }
+            let p = page_size();
+            let start = (r.start() + (lo - off)) & !(p - 1);
+            let stop = (r.start() + (hi - off)).saturating_add(p - 1) & !(p - 1);
+            VaRange::from_bounds(start, stop.min(r.end()))
+        })
+        .collect()
+}
+
+/// Reads `/proc/self/maps` and returns every mapping of `[offset, end)` of the file.
+pub fn mappings_of_file(
+    dev: (u32, u32),
+    inode: u64,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<VaRange>> {
+    let text = std::fs::read_to_string("/proc/self/maps").map_err(|source| Error::Io {
+        what: "reading /proc/self/maps",
+        source,
+    })?;
+    Ok(file_ranges(&text, dev, inode, offset, end))
+}
+
+/// The file and the file offset mapped at `addr`, if a file is mapped there.
+pub fn file_at(addr: u64) -> Result<Option<(FileId, u64)>> {
+    let text = std::fs::read_to_string("/proc/self/maps").map_err(|source| Error::Io {
+        what: "reading /proc/self/maps",
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(parse_file_line)
+        .find(|(r, _, i, _)| r.start() <= addr && addr < r.end() && *i != 0)
+        .map(|(r, d, i, off)| ((d, i), off + (addr - r.start()))))
 }
 
 #[cfg(test)]
@@ -263,6 +328,25 @@ VmFlags: rd wr mr mw me ac
             vec![VaRange::new(0x7f0000002000, 0x2000).unwrap()]
         );
         assert!(registered_parts(&parse_smaps(text, "um"), want).is_empty());
+    }
+
+    #[test]
+    fn every_mapping_of_a_file_range_is_found() {
+        let text = "\
+7f0000000000-7f0000004000 rw-s 00000000 00:01 77         /memfd:x (deleted)
+7f0000010000-7f0000012000 rw-s 00002000 00:01 77         /memfd:x (deleted)
+7f0000020000-7f0000024000 rw-s 00000000 00:01 78         /memfd:y (deleted)
+";
+        let p = page_size();
+        let got = file_ranges(text, (0, 1), 77, 2 * p, 3 * p);
+        assert_eq!(
+            got,
+            vec![
+                VaRange::new(0x7f0000002000, p).unwrap(),
+                VaRange::new(0x7f0000010000, p).unwrap()
+            ]
+        );
+        assert_eq!(file_ranges(text, (0, 1), 77, 8 * p, u64::MAX), vec![]);
     }
 
     #[test]

@@ -181,10 +181,11 @@ impl RangeCounts {
             .next_back()
             .filter(|(_, &(e, _))| e > r.start())
             .map(|(&s, &(e, _))| (s, e));
-        for (s, e) in first
-            .into_iter()
-            .chain(self.segs.range(r.start()..r.end()).map(|(&s, &(e, _))| (s, e)))
-        {
+        for (s, e) in first.into_iter().chain(
+            self.segs
+                .range(r.start()..r.end())
+                .map(|(&s, &(e, _))| (s, e)),
+        ) {
             if s > cur {
                 out.extend(VaRange::from_bounds(cur, s));
             }

@@ -75,9 +75,9 @@ fn pin(range: VaRange) -> Result<(), RegistrarError> {
     let fresh = pins.add(range);
     for r in &fresh {
         // SAFETY: MADV_DONTFORK only changes what a future fork copies; no memory changes.
-        if let Err(errno) =
-            unsafe { rustix::mm::madvise(r.as_ptr(), r.len_usize(), rustix::mm::Advice::LinuxDontFork) }
-        {
+        if let Err(errno) = unsafe {
+            rustix::mm::madvise(r.as_ptr(), r.len_usize(), rustix::mm::Advice::LinuxDontFork)
+        } {
             for r in pins.remove(range) {
                 unpin_flags(r);
             }

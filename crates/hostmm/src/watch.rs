@@ -217,3 +217,95 @@ impl UnmapQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Mapping;
+    use crate::uffd::CreateSeam;
+
+    /// Reports `extent` as mapped and only `shown` as registered afterwards, as smaps would
+    /// when a page was replaced while the register ran.
+    struct Fake {
+        extent: VaRange,
+        shown: Vec<VaRange>,
+    }
+
+    impl Probe for Fake {
+        fn extent(&self, _want: VaRange) -> Result<VaRange> {
+            Ok(self.extent)
+        }
+        fn registered(&self, within: VaRange) -> Result<Vec<VaRange>> {
+            Ok(self
+                .shown
+                .iter()
+                .filter(|r| r.overlaps(&within))
+                .copied()
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_registration_smaps_does_not_confirm_is_never_trusted() {
+        let page = crate::va::page_size();
+        let m = Mapping::anonymous(4 * page).unwrap();
+        // Declared after the mapping, so it is closed first: nobody reads its events, and an
+        // unmap of memory it still had registered would wait for a reader forever.
+        let Ok(uffd) = Userfaultfd::new_monitor(CreateSeam::Real) else {
+            eprintln!("skipping: no userfaultfd");
+            return;
+        };
+        let half = VaRange::new(m.addr(), 2 * page).unwrap();
+        let probe = Fake {
+            extent: m.range(),
+            shown: vec![half],
+        };
+        let mut set = WatchSet::new(16);
+        assert!(matches!(
+            set.watch(&uffd, RegisterMode::WriteProtect, m.range(), &probe),
+            Err(Error::WatchUnverified {
+                tries: VERIFY_TRIES,
+                ..
+            })
+        ));
+        assert!(set.pieces().is_empty(), "unverified memory left in the set");
+        // The confirmed half is usable on its own.
+        let held = set
+            .watch(&uffd, RegisterMode::WriteProtect, half, &probe)
+            .unwrap();
+        assert_eq!(held, vec![half]);
+        set.unwatch(&uffd, &held);
+        assert!(set.pieces().is_empty());
+    }
+
+    #[test]
+    fn overlapping_watches_unregister_only_with_the_last_holder() {
+        let page = crate::va::page_size();
+        let m = Mapping::anonymous(4 * page).unwrap();
+        // Declared after the mapping, so it is closed first: nobody reads its events, and an
+        // unmap of memory it still had registered would wait for a reader forever.
+        let Ok(uffd) = Userfaultfd::new_monitor(CreateSeam::Real) else {
+            eprintln!("skipping: no userfaultfd");
+            return;
+        };
+        let probe = Fake {
+            extent: m.range(),
+            shown: vec![m.range()],
+        };
+        let mut set = WatchSet::new(16);
+        let one = VaRange::new(m.addr(), page).unwrap();
+        let a = set
+            .watch(&uffd, RegisterMode::WriteProtect, one, &probe)
+            .unwrap();
+        let b = set
+            .watch(&uffd, RegisterMode::WriteProtect, m.range(), &probe)
+            .unwrap();
+        assert_eq!(set.registers, 1);
+        set.unwatch(&uffd, &a);
+        assert_eq!(set.pieces(), vec![m.range()]);
+        assert_eq!(set.unregisters, 0);
+        set.unwatch(&uffd, &b);
+        assert!(set.pieces().is_empty());
+        assert_eq!(set.unregisters, 1);
+    }
+}

@@ -11,16 +11,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hostmm::{
-    CacheConfig, Event, HostMm, Mapping, RegCache, Registrar, RegistrarError,
-    VaRange,
-};
+use hostmm::{CacheConfig, Event, HostMm, Mapping, RegCache, Registrar, RegistrarError, VaRange};
 
 fn page() -> u64 {
     hostmm::page_size()
 }
 
-type Hook = Box<dyn Fn(u64, VaRange) + Send + Sync>;
+type Hook = Arc<dyn Fn(u64, VaRange) + Send + Sync>;
 
 /// Counts registrations and deregistrations, and runs a hook inside the n-th `register`.
 struct Scripted {
@@ -38,7 +35,7 @@ impl Scripted {
         })
     }
     fn set_hook(&self, h: impl Fn(u64, VaRange) + Send + Sync + 'static) {
-        *self.hook.lock().unwrap() = Some(Box::new(h));
+        *self.hook.lock().unwrap() = Some(Arc::new(h));
     }
 }
 
@@ -48,7 +45,9 @@ impl Registrar for ScriptedRef {
     type Registration = ();
     fn register(&self, r: VaRange) -> Result<(), RegistrarError> {
         let n = self.0.registers.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(h) = &*self.0.hook.lock().unwrap() {
+        // Called with the hook's lock released: hooks run registrations of their own.
+        let hook = self.0.hook.lock().unwrap().clone();
+        if let Some(h) = hook {
             h(n, r);
         }
         Ok(())
@@ -58,35 +57,63 @@ impl Registrar for ScriptedRef {
     }
 }
 
+type Cache = RegCache<ScriptedRef>;
+
+/// Sets up the race of issue 9 deterministically: a miss M of `range` (the caller's `get`)
+/// registers (the range's registration 1); inside that registration another thread misses the same range, registers (2)
+/// and publishes entry A; then an invalidation kills A and makes M collide. M registers again
+/// (3) — `on_retry` runs there — and publishes over dead A, which no flush has removed yet.
+fn scenario(
+    host: &HostMm,
+    range: VaRange,
+    on_retry: impl Fn() + Send + Sync + 'static,
+) -> (Arc<Cache>, Arc<Scripted>) {
+    let reg = Scripted::new();
+    let cache =
+        Arc::new(RegCache::new(host, ScriptedRef(reg.clone()), CacheConfig::default()).unwrap());
+    let weak = Arc::downgrade(&cache);
+    let imp = Mutex::new(host.importer().unwrap());
+    let of_range = AtomicU64::new(0);
+    reg.set_hook(move |_, r| {
+        if r != range {
+            return;
+        }
+        match of_range.fetch_add(1, Ordering::SeqCst) + 1 {
+            1 => {
+                let other = weak.upgrade().expect("cache alive");
+                std::thread::spawn(move || {
+                    other.get(range.start(), range.len()).unwrap();
+                })
+                .join()
+                .unwrap();
+                imp.lock()
+                    .unwrap()
+                    .notify(r.start(), r.len(), Event::Unmap)
+                    .unwrap();
+            }
+            3 => on_retry(),
+            _ => {}
+        }
+    });
+    (cache, reg)
+}
+
 #[test]
 fn a_replaced_dead_entry_is_deregistered_not_leaked() {
     let host = HostMm::new();
-    let reg = Scripted::new();
-    let cache = RegCache::new(&host, ScriptedRef(reg.clone()), CacheConfig::default()).unwrap();
     let m = Mapping::anonymous(2 * page()).unwrap();
-    drop(cache.get(m.addr(), m.len()).unwrap()); // entry A, registration 1
-    // Evict nothing; invalidate A and make this miss's notifier collide, after the miss's flush:
-    // inside registration 2. Registration 3 then publishes over dead A.
-    let imp = Mutex::new(host.importer().unwrap());
-    reg.set_hook(move |n, r| {
-        if n == 2 {
-            imp.lock()
-                .unwrap()
-                .notify(r.start(), r.len(), Event::Unmap)
-                .unwrap();
-        }
-    });
-    assert!(cache.lookup(m.addr(), m.len()).unwrap().is_some());
+    let (cache, reg) = scenario(&host, m.range(), || {});
     let h = cache.get(m.addr(), m.len()).unwrap();
     assert!(h.is_valid());
     let s = cache.stats();
     assert_eq!(s.retries, 1, "{s:?}");
+    assert_eq!(s.invalidations, 1, "{s:?}");
     assert_eq!(reg.registers.load(Ordering::SeqCst), 3);
-    // Registration 1 (A) and registration 2 (collided) are released; 3 is live.
+    // Registration 1 (collided) and 2 (A, replaced) are released; 3 is live.
     assert_eq!(reg.deregisters.load(Ordering::SeqCst), 2, "{s:?}");
     assert_eq!(s.registered, 1, "{s:?}");
     drop(h);
-    drop(cache);
+    drop(Arc::try_unwrap(cache).ok().expect("no other clone"));
     assert_eq!(
         reg.registers.load(Ordering::SeqCst),
         reg.deregisters.load(Ordering::SeqCst),
@@ -97,49 +124,40 @@ fn a_replaced_dead_entry_is_deregistered_not_leaked() {
 #[test]
 fn publishing_over_a_dead_entry_waits_for_nothing_under_the_cache_lock() {
     let host = HostMm::new();
-    let reg = Scripted::new();
-    let cache = Arc::new(RegCache::new(&host, ScriptedRef(reg.clone()), CacheConfig::default()).unwrap());
     let m = Mapping::anonymous(2 * page()).unwrap();
     let other = Mapping::anonymous(page()).unwrap();
-    drop(cache.get(m.addr(), m.len()).unwrap()); // entry A
-    drop(cache.get(other.addr(), other.len()).unwrap()); // an unrelated entry B
 
-    // Thread H holds an invalidation of an unrelated range open (an epoch of the address space),
-    // as a callback stuck behind the cache lock would.
+    let third = Mapping::anonymous(page()).unwrap();
+    // Thread H holds an invalidation of an unrelated cached range (entry C) open — an epoch of
+    // the address space, as a callback stuck behind the cache lock would.
     let (open_tx, open_rx) = mpsc::channel::<()>();
     let (opened_tx, opened_rx) = mpsc::channel::<()>();
     let (close_tx, close_rx) = mpsc::channel::<()>();
+    let third_addr = third.addr();
     let holder = {
         let host = host.clone();
         std::thread::spawn(move || {
             let imp = host.importer().unwrap();
-            open_rx.recv().unwrap();
-            let scratch = Mapping::anonymous(page()).unwrap();
-            let g = imp.begin(scratch.addr(), page(), Event::Unmap).unwrap();
+            if open_rx.recv().is_err() {
+                return;
+            }
+            let g = imp.begin(third_addr, page(), Event::Unmap).unwrap();
             opened_tx.send(()).unwrap();
-            close_rx.recv().unwrap();
+            let _ = close_rx.recv();
             drop(g);
         })
     };
-    let imp = Mutex::new(host.importer().unwrap());
     let open_tx = Mutex::new(Some(open_tx));
     let opened_rx = Mutex::new(opened_rx);
-    reg.set_hook(move |n, r| match n {
-        // Registration 3 (the miss's first try): A dies and the miss collides.
-        3 => imp
-            .lock()
-            .unwrap()
-            .notify(r.start(), r.len(), Event::Unmap)
-            .unwrap(),
-        // Registration 4 (its retry): the unrelated invalidation opens before it publishes.
-        4 => {
-            if let Some(tx) = open_tx.lock().unwrap().take() {
-                tx.send(()).unwrap();
-                opened_rx.lock().unwrap().recv().unwrap();
-            }
+    // In the miss's retry, the unrelated invalidation opens before it publishes.
+    let (cache, reg) = scenario(&host, m.range(), move || {
+        if let Some(tx) = open_tx.lock().unwrap().take() {
+            tx.send(()).unwrap();
+            opened_rx.lock().unwrap().recv().unwrap();
         }
-        _ => {}
     });
+    drop(cache.get(other.addr(), other.len()).unwrap()); // an unrelated entry B
+    drop(cache.get(third.addr(), third.len()).unwrap()); // entry C
     let publisher = {
         let (cache, addr, len) = (cache.clone(), m.addr(), m.len());
         std::thread::spawn(move || {
@@ -147,7 +165,7 @@ fn publishing_over_a_dead_entry_waits_for_nothing_under_the_cache_lock() {
         })
     };
     // Give the publisher time to reach the replacement.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     // A lookup of B must not wait for the open invalidation of an unrelated range.
     let done = Arc::new(AtomicBool::new(false));
     let looker = {
@@ -163,7 +181,7 @@ fn publishing_over_a_dead_entry_waits_for_nothing_under_the_cache_lock() {
         waited += Duration::from_millis(10);
     }
     let finished_while_open = done.load(Ordering::SeqCst);
-    close_tx.send(()).unwrap();
+    let _ = close_tx.send(());
     holder.join().unwrap();
     publisher.join().unwrap();
     looker.join().unwrap();
