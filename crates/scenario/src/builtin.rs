@@ -6,7 +6,7 @@ use crate::outcome::Outcome;
 use crate::runner::{run, RunOptions};
 
 /// Every file of `scenarios/`, by name (the file name without `.toml`) and text.
-pub const FILES: [(&str, &str); 19] = [
+pub const FILES: [(&str, &str); 20] = [
     (
         "hmm-anon-read-prot",
         include_str!("../../../scenarios/hmm-anon-read-prot.toml"),
@@ -24,20 +24,24 @@ pub const FILES: [(&str, &str); 19] = [
         include_str!("../../../scenarios/hmm-file-read.toml"),
     ),
     (
-        "hmm-migrate-release",
-        include_str!("../../../scenarios/hmm-migrate-release.toml"),
-    ),
-    (
         "hmm-migrate",
         include_str!("../../../scenarios/hmm-migrate.toml"),
     ),
     (
-        "seed-000-gntdev-4.12-buggy-pressure",
-        include_str!("../../../scenarios/seed-000-gntdev-4.12-buggy-pressure.toml"),
+        "hmm-migrate-release",
+        include_str!("../../../scenarios/hmm-migrate-release.toml"),
+    ),
+    (
+        "known-bug-sva-device-private",
+        include_str!("../../../scenarios/known-bug-sva-device-private.toml"),
     ),
     (
         "seed-000-gntdev-4.12-buggy",
         include_str!("../../../scenarios/seed-000-gntdev-4.12-buggy.toml"),
+    ),
+    (
+        "seed-000-gntdev-4.12-buggy-pressure",
+        include_str!("../../../scenarios/seed-000-gntdev-4.12-buggy-pressure.toml"),
     ),
     (
         "seed-000-gntdev-fixed",
@@ -56,12 +60,12 @@ pub const FILES: [(&str, &str); 19] = [
         include_str!("../../../scenarios/seed-001-odp-gfp-noio-buggy.toml"),
     ),
     (
-        "seed-002-userptr-5.7-buggy-pressure",
-        include_str!("../../../scenarios/seed-002-userptr-5.7-buggy-pressure.toml"),
-    ),
-    (
         "seed-002-userptr-5.7-buggy",
         include_str!("../../../scenarios/seed-002-userptr-5.7-buggy.toml"),
+    ),
+    (
+        "seed-002-userptr-5.7-buggy-pressure",
+        include_str!("../../../scenarios/seed-002-userptr-5.7-buggy-pressure.toml"),
     ),
     (
         "seed-002-userptr-fixed",

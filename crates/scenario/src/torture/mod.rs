@@ -45,6 +45,12 @@ pub struct TortureConfig {
     pub buggy: Option<IntervalBug>,
     /// Stop at the first violation, report or invariant failure.
     pub fail_fast: bool,
+    /// Let the SVA IOMMU and dmirror's device memory meet on the same process. Off by
+    /// default: `drivers::sva` caches the frame of a device-private entry, which
+    /// `migrate_to_ram` frees without a secondary-TLB flush (the known bug of
+    /// `scenarios/known-bug-sva-device-private.toml`); on, the torture finds it in about a
+    /// second.
+    pub sva_over_device_memory: bool,
 }
 
 impl Default for TortureConfig {
@@ -57,6 +63,7 @@ impl Default for TortureConfig {
             frames: 1024,
             buggy: None,
             fail_fast: true,
+            sva_over_device_memory: false,
         }
     }
 }
@@ -113,6 +120,7 @@ pub(crate) struct Shared {
     pub(crate) inject: Arc<InjectStats>,
     pub(crate) seed: u64,
     pub(crate) buggy: Option<IntervalBug>,
+    pub(crate) sva_over_device_memory: bool,
     counters: Vec<AtomicU64>,
     failures: Mutex<Vec<String>>,
     failed: AtomicBool,
@@ -231,6 +239,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
         inject: Arc::new(InjectStats::default()),
         seed: cfg.seed,
         buggy: cfg.buggy,
+        sva_over_device_memory: cfg.sva_over_device_memory,
         counters: COUNTERS.iter().map(|_| AtomicU64::new(0)).collect(),
         failures: Mutex::new(Vec::new()),
         failed: AtomicBool::new(false),

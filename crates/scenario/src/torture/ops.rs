@@ -96,6 +96,10 @@ pub(crate) fn one(sh: &Arc<Shared>, slots: &[Arc<Slot>], rng: &mut Rng) {
         680..=699 => {
             // Device memory: dmirror migrates part of its range there and back.
             let (a, n) = range(l.a, A_PAGES, rng);
+            let sva = locked(&l.drivers.sva).is_some();
+            if sva && !sh.sva_over_device_memory {
+                return;
+            }
             if let Some(d) = &*locked(&l.drivers.dmirror) {
                 sh.count(Counter::DeviceMigrations);
                 if rng.chance(1, 2) {

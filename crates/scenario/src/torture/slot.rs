@@ -86,7 +86,11 @@ pub(crate) fn build(m: &Machine, c: &Checker, sh: &Shared, index: usize) -> Opti
     if index % 2 == 0 {
         *locked(&d.userptr) = Userptr::create(&process, c, &name("userptr"), a + 16 * P, 16).ok();
     }
-    *locked(&d.sva) = Sva::bind(&process, c, &name("sva")).ok();
+    // Unless asked, the IOMMU binds only where dmirror does not migrate to device memory
+    // (see `TortureConfig::sva_over_device_memory`).
+    if sh.sva_over_device_memory || index % 2 == 1 {
+        *locked(&d.sva) = Sva::bind(&process, c, &name("sva")).ok();
+    }
     if let Some(bug) = sh.buggy {
         *locked(&d.buggy) = BuggyMirror::open(&process, c, bug).ok();
     }
