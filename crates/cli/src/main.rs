@@ -13,6 +13,7 @@ use hostmm::race::{RaceConfig, RaceSource};
 use hostmm::{MonitorConfig, Source};
 use serde::Serialize;
 
+mod adversary;
 mod run;
 mod torture;
 mod tour;
@@ -84,6 +85,50 @@ struct RaceArgs {
     /// fallback of `--source auto`.
     #[arg(long)]
     deny_uffd: bool,
+    /// The change the cache races: `replace` (one mutator, one looker, whole-range munmap+mmap
+    /// or mremap, checked after each round), or an adversary pattern run by --mutators x
+    /// --lookers threads on overlapping ranges, each lookup checked: unmap-map, map-fixed,
+    /// mremap, dontneed, fork-write, mprotect, or `all` of them in turn.
+    #[arg(long, default_value = "replace", value_parser = parse_patterns)]
+    pattern: Patterns,
+    /// Adversary: mutator threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    mutators: u64,
+    /// Adversary: looker threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    lookers: u64,
+    /// Adversary: stop each pattern after this many seconds even if --rounds (mutator
+    /// operations) are not done.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Adversary: no thread progressing for this many seconds is a hang: print where every
+    /// thread is and exit with status 3.
+    #[arg(long, default_value_t = 20)]
+    hang_secs: u64,
+}
+
+/// Which patterns `race` runs.
+#[derive(Clone, Debug)]
+enum Patterns {
+    /// The classic two-thread race.
+    Replace,
+    /// Adversary patterns, in turn.
+    Adversary(Vec<adversary::Pattern>),
+}
+
+fn parse_patterns(s: &str) -> std::result::Result<Patterns, String> {
+    match s {
+        "replace" => Ok(Patterns::Replace),
+        "all" => Ok(Patterns::Adversary(adversary::Pattern::ALL.to_vec())),
+        other => <adversary::Pattern as ValueEnum>::from_str(other, false)
+            .map(|p| Patterns::Adversary(vec![p]))
+            .map_err(|_| {
+                format!(
+                    "unknown pattern {other:?}: replace, all, {}",
+                    adversary::Pattern::ALL.map(|p| p.name()).join(", ")
+                )
+            }),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +231,9 @@ fn race(args: RaceArgs) -> Result<()> {
             }
         }
     };
+    if let Patterns::Adversary(patterns) = &args.pattern {
+        return run_adversary(&args, patterns, source == RaceSource::Uffd, fallback_reason);
+    }
     let config = RaceConfig {
         rounds: args.rounds,
         source,
@@ -234,6 +282,80 @@ fn race(args: RaceArgs) -> Result<()> {
             report.stale,
             report.rounds
         );
+    }
+    Ok(())
+}
+
+/// `race --pattern P`: the adversary, one pattern after another.
+fn run_adversary(
+    args: &RaceArgs,
+    patterns: &[adversary::Pattern],
+    uffd: bool,
+    fallback_reason: Option<String>,
+) -> Result<()> {
+    let mut reports = Vec::new();
+    for &pattern in patterns {
+        let cfg = adversary::Config {
+            pattern,
+            uffd,
+            mutators: args.mutators as usize,
+            lookers: args.lookers as usize,
+            ops: args.rounds,
+            seconds: args.seconds,
+            pages: args.pages.max(2),
+            seed: args.seed,
+            hang: Duration::from_secs(args.hang_secs.max(1)),
+        };
+        let pb = progress_bar(args.rounds, args.json);
+        if let Some(pb) = &pb {
+            pb.set_message(pattern.name());
+        }
+        let r = adversary::run(&cfg, |done| {
+            if let Some(pb) = &pb {
+                pb.set_position(done);
+            }
+        })
+        .with_context(|| format!("adversary pattern {}", pattern.name()))?;
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        if !args.json {
+            println!(
+                "pattern={} source={} threads={}x{} ops={} stale={} checked={} (by frame: {}) refused_ops={} lookups={} failed_lookups={} hits={} misses={} invalidations={} retries={} registrations={} deregistrations={} time={:.2}s seed={}",
+                r.pattern.name(), r.source, r.mutators, r.lookers, r.ops, r.stale, r.checked,
+                r.frame_checked, r.refused_ops, r.lookups, r.failed_lookups, r.hits, r.misses,
+                r.invalidations, r.retries, r.registrations, r.deregistrations, r.elapsed_s, r.seed
+            );
+        }
+        reports.push(r);
+    }
+    let stale: u64 = reports.iter().map(|r| r.stale).sum();
+    let leaked: Vec<_> = reports
+        .iter()
+        .filter(|r| r.registrations != r.deregistrations)
+        .map(|r| r.pattern.name())
+        .collect();
+    if args.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            source: &'static str,
+            fallback_reason: Option<String>,
+            stale: u64,
+            patterns: &'a [adversary::Report],
+        }
+        let out = Out {
+            source: if uffd { "uffd" } else { "bracketed" },
+            fallback_reason,
+            stale,
+            patterns: &reports,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    }
+    if stale > 0 {
+        bail!("{stale} lookups returned a stale registration");
+    }
+    if !leaked.is_empty() {
+        bail!("registrations leaked (registered != deregistered) in {leaked:?}");
     }
     Ok(())
 }
