@@ -102,6 +102,8 @@
 #![forbid(unsafe_code)]
 
 // From the bottom up: each module imports only modules above it in this list.
+#[cfg_attr(not(feature = "enabled"), allow(dead_code))]
+mod blocked;
 #[cfg(feature = "enabled")]
 mod chain;
 mod class;
@@ -138,6 +140,7 @@ pub mod loom_model;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use blocked::{blocked_tasks, BlockedTask};
 pub use class::{DynamicKey, LockClass, LockClassKey, MAX_SUBCLASSES};
 pub use context::{
     atomic_section, check_task_exit, held_lock_count, in_atomic, might_sleep, might_sleep_if,

@@ -262,16 +262,22 @@ impl<T, B: Backend> Lock<T, B> {
     }
 
     /// The one body of every waiting acquisition: validate (as `class`, held as `read`), then
-    /// take the raw lock with `take`.
+    /// take the raw lock with `try_take`, or — contended — publish what this task waits for
+    /// and holds (`blocked_tasks`) and wait with `take`.
     #[inline]
     fn blocking<'a, G>(
         &'a self,
         class: LockClass,
         read: Read,
         loc: &'static Location<'static>,
+        try_take: impl FnOnce(&'a B::Raw<T>) -> Option<G>,
         take: impl FnOnce(&'a B::Raw<T>) -> G,
     ) -> (Held, G) {
         let held = validator::acquire(class, self.instance(), Self::how(read, true), loc);
+        if let Some(g) = try_take(&self.raw) {
+            return (held, g);
+        }
+        let _waiting = validator::waiting(class, self.instance(), loc);
         (held, take(&self.raw))
     }
 
@@ -309,7 +315,7 @@ impl<T, B: Backend> Lock<T, B> {
 
     #[inline]
     fn lock_as(&self, class: LockClass, loc: &'static Location<'static>) -> LockGuard<'_, T, B> {
-        let (held, inner) = self.blocking(class, Read::Exclusive, loc, B::lock);
+        let (held, inner) = self.blocking(class, Read::Exclusive, loc, B::try_lock, B::lock);
         LockGuard { _held: held, inner }
     }
 
@@ -377,13 +383,25 @@ impl<T> Lock<T, RwBackend> {
         read: Read,
         loc: &'static Location<'static>,
     ) -> RwLockReadGuard<'_, T> {
-        let (held, inner) = self.blocking(class, read, loc, |raw| {
-            if read == Read::Recursive {
-                raw.read_recursive()
-            } else {
-                raw.read()
-            }
-        });
+        let (held, inner) = self.blocking(
+            class,
+            read,
+            loc,
+            |raw| {
+                if read == Read::Recursive {
+                    raw.try_read_recursive()
+                } else {
+                    raw.try_read()
+                }
+            },
+            |raw| {
+                if read == Read::Recursive {
+                    raw.read_recursive()
+                } else {
+                    raw.read()
+                }
+            },
+        );
         RwLockReadGuard { _held: held, inner }
     }
 

@@ -114,6 +114,9 @@ mod model_shim {
         pub(crate) fn try_read(&self) -> Option<RawRwLockReadGuard<'_, T>> {
             self.0.try_read().ok()
         }
+        pub(crate) fn try_read_recursive(&self) -> Option<RawRwLockReadGuard<'_, T>> {
+            self.try_read()
+        }
         pub(crate) fn try_write(&self) -> Option<RawRwLockWriteGuard<'_, T>> {
             self.0.try_write().ok()
         }

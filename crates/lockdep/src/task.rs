@@ -73,6 +73,8 @@ pub(crate) struct Task {
     pub(crate) scopes: Vec<Arc<Collector>>,
     /// The validator context this thread works in.
     pub(crate) domain: Arc<Domain>,
+    /// Where this task publishes what it waits for (made at its first contended lock).
+    pub(crate) blocked: Option<Arc<crate::blocked::Slot>>,
 }
 
 static NEXT_PID: AtomicU64 = AtomicU64::new(1);
@@ -90,6 +92,7 @@ impl Task {
             non_block_since: None,
             scopes: Vec::new(),
             domain: crate::domain::global().clone(),
+            blocked: None,
         }
     }
 

@@ -488,6 +488,44 @@ pub(crate) fn chains_validated() -> u64 {
     with_task(|t| t.domain.with_locked(|l| l.chains_validated)).unwrap_or(0)
 }
 
+/// The task is about to wait for the lock at `instance` (of `class`, asked for at `loc`):
+/// publishes what it waits for and what it holds until the returned guard drops (see
+/// `blocked.rs`). Only contended acquisitions call this.
+pub(crate) fn waiting(
+    class: LockClass,
+    instance: usize,
+    loc: &'static Location<'static>,
+) -> Option<Waiting> {
+    if !crate::is_enabled() {
+        return None;
+    }
+    with_task(|t| {
+        let slot = t
+            .blocked
+            .get_or_insert_with(crate::blocked::Slot::register)
+            .clone();
+        // The acquisition just pushed this lock on the stack (lockdep records before it
+        // takes): it is waited for, not held. A lock of the same instance below it is held
+        // (a self-deadlock).
+        let n = match t.held.last() {
+            Some(top) if top.instance == instance => t.held.len() - 1,
+            _ => t.held.len(),
+        };
+        let held = t.held[..n].iter().map(|h| h.info()).collect();
+        slot.publish(t.name.clone(), class.name(), loc, held);
+        Waiting(slot)
+    })
+}
+
+/// Withdraws a task's "waiting for" record when dropped.
+pub(crate) struct Waiting(std::sync::Arc<crate::blocked::Slot>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.withdraw();
+    }
+}
+
 /// Whether the current task holds the lock at `instance` (`lockdep_is_held`); `true` when
 /// validation is off or the task state is gone.
 pub(crate) fn is_held(instance: usize) -> bool {

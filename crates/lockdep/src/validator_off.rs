@@ -59,6 +59,18 @@ pub(crate) fn might_acquire(_class: LockClass, _how: How, _loc: &'static Locatio
 #[inline(always)]
 pub(crate) fn release(_instance: usize, _loc: Option<&'static Location<'static>>) {}
 
+/// Nothing is published with validation compiled out.
+pub(crate) struct Waiting;
+
+#[inline(always)]
+pub(crate) fn waiting(
+    _class: LockClass,
+    _instance: usize,
+    _loc: &'static Location<'static>,
+) -> Option<Waiting> {
+    None
+}
+
 #[inline(always)]
 pub(crate) fn is_held(_instance: usize) -> bool {
     true

@@ -24,6 +24,10 @@ pub struct HungTask {
     pub detail: String,
     /// How long it had been in it when reported.
     pub blocked_for: Duration,
+    /// The validated lock it is waiting for, if it waits for one (`lockdep::blocked_tasks`).
+    pub waiting_for: Option<String>,
+    /// The validated locks it holds while it waits, outermost first, as `(class) at: file:line`.
+    pub holds: Vec<String>,
 }
 
 impl std::fmt::Display for HungTask {
@@ -35,7 +39,18 @@ impl std::fmt::Display for HungTask {
             self.blocked_for.as_millis(),
             self.op,
             self.detail
-        )
+        )?;
+        if let Some(w) = &self.waiting_for {
+            write!(
+                f,
+                "\n  waiting for ({w}), holding {} lock(s):",
+                self.holds.len()
+            )?;
+            for (i, h) in self.holds.iter().enumerate() {
+                write!(f, "\n  #{i}: {h}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -128,11 +143,20 @@ impl Machine {
                         } else {
                             format!("mm {mm} at {addr:#x}")
                         };
+                        // What the validator saw it wait for and hold (the kernel's
+                        // `debug_show_all_locks` after "blocked for more than").
+                        let blocked = lockdep::blocked_tasks()
+                            .into_iter()
+                            .find(|b| b.thread == slot.thread);
                         let r = HungTask {
                             thread: slot.thread.clone(),
                             op: op.name(),
                             detail,
                             blocked_for: period * (now - since) as u32,
+                            waiting_for: blocked.as_ref().map(|b| b.waiting_for.clone()),
+                            holds: blocked
+                                .map(|b| b.held.iter().map(|h| h.to_string()).collect())
+                                .unwrap_or_default(),
                         };
                         eprintln!("{r}");
                         r2.lock().unwrap_or_else(|e| e.into_inner()).push(r);

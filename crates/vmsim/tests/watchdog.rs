@@ -60,6 +60,13 @@ fn direct_reclaim_into_a_notifier_that_takes_the_allocators_mutex_is_reported_as
         .expect("the watchdog must report the hung task");
     assert_eq!(hung.thread, "gntdev-ioctl");
     assert_eq!(hung.op, "write");
+    // What it holds and waits for: its own mutex, held by the ioctl and wanted by the notifier
+    // that direct reclaim called.
+    assert_eq!(hung.waiting_for.as_deref(), Some("gntdev->lock"), "{hung}");
+    assert!(
+        hung.holds.iter().any(|h| h.contains("gntdev->lock")),
+        "{hung}"
+    );
     assert!(hung.to_string().contains("blocked for more than"), "{hung}");
     // The validator saw it coming: the same class taken again in reclaim (recursive locking or
     // a reclaim inversion, depending on which edge it records first).
