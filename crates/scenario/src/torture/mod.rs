@@ -116,7 +116,9 @@ const COUNTERS: [(Counter, &str); 18] = [
 /// State every worker shares.
 pub(crate) struct Shared {
     pub(crate) m: Machine,
-    pub(crate) checker: Checker,
+    /// What the checkers of retired processes found (each process has its own checker, dropped
+    /// with it, so the checker's per-driver records stay bounded over a long run).
+    pub(crate) retired: Mutex<Retired>,
     pub(crate) inject: Arc<InjectStats>,
     pub(crate) seed: u64,
     pub(crate) buggy: Option<IntervalBug>,
@@ -143,6 +145,25 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .push(what);
         self.failed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The findings of retired processes' checkers.
+#[derive(Default)]
+pub(crate) struct Retired {
+    pub(crate) violations: Vec<drivers::Violation>,
+    pub(crate) unbalanced: Vec<String>,
+    pub(crate) accesses: u64,
+}
+
+impl Shared {
+    /// Folds a retired process's checker (its drivers all closed) into the totals.
+    pub(crate) fn retire_checker(&self, c: &Checker) {
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        r.violations.extend(c.take_violations());
+        r.unbalanced
+            .extend(c.unbalanced().iter().map(|u| u.to_string()));
+        r.accesses += c.accesses();
     }
 }
 
@@ -235,7 +256,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
     };
     let sh = Arc::new(Shared {
         m,
-        checker: Checker::new(),
+        retired: Mutex::new(Retired::default()),
         inject: Arc::new(InjectStats::default()),
         seed: cfg.seed,
         buggy: cfg.buggy,
@@ -247,8 +268,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
     let slots: Arc<Vec<Arc<slot::Slot>>> =
         Arc::new((0..cfg.processes.max(1)).map(slot::Slot::new).collect());
     for s in slots.iter() {
-        *s.live.write().unwrap_or_else(|e| e.into_inner()) =
-            slot::build(&sh.m, &sh.checker, &sh, s.index);
+        *s.live.write().unwrap_or_else(|e| e.into_inner()) = slot::build(&sh.m, &sh, s.index);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..cfg.threads.max(1))
@@ -268,15 +288,29 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
         .collect();
     let mut first_failure = None;
     let mut rss_quarter = 0;
-    let snapshot = |scope: &Scope| Snapshot {
-        elapsed_s: started.elapsed().as_secs_f64(),
-        ops: sh.counter(Counter::Ops),
-        invalidations: sh.inject.invalidations.load(Ordering::Relaxed),
-        reports: scope.reports().len() as u64,
-        violations: sh.checker.violations().len() as u64
-            + sh.failures.lock().map(|f| f.len()).unwrap_or(0) as u64,
-        oom_kills: sh.m.stats().oom_kills,
-        device_accesses: sh.checker.accesses(),
+    let snapshot = |scope: &Scope| {
+        let (mut violations, mut accesses) = {
+            let r = sh.retired.lock().unwrap_or_else(|e| e.into_inner());
+            (r.violations.len() as u64, r.accesses)
+        };
+        for s in slots.iter() {
+            // A slot being rebuilt is counted in the next snapshot.
+            if let Ok(live) = s.live.try_read() {
+                if let Some(l) = &*live {
+                    violations += l.checker.violations().len() as u64;
+                    accesses += l.checker.accesses();
+                }
+            }
+        }
+        Snapshot {
+            elapsed_s: started.elapsed().as_secs_f64(),
+            ops: sh.counter(Counter::Ops),
+            invalidations: sh.inject.invalidations.load(Ordering::Relaxed),
+            reports: scope.reports().len() as u64,
+            violations: violations + sh.failures.lock().map(|f| f.len()).unwrap_or(0) as u64,
+            oom_kills: sh.m.stats().oom_kills,
+            device_accesses: accesses,
+        }
     };
     while started.elapsed() < cfg.duration {
         std::thread::sleep(Duration::from_millis(100));
@@ -322,7 +356,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
     } else {
         for s in slots.iter() {
             if let Some(l) = s.live.write().unwrap_or_else(|e| e.into_inner()).take() {
-                let errors = slot::retire(l);
+                let errors = slot::retire(&sh, l);
                 if errors > 0 {
                     sh.failure(format!(
                         "process {}: {errors} driver(s) failed to close",
@@ -335,13 +369,14 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
             sh.failure(format!("the machine's invariants at the end: {e}"));
         }
     }
-    let violations = sh.checker.violations();
-    let unbalanced: Vec<String> = sh
-        .checker
-        .unbalanced()
-        .iter()
-        .map(|u| u.to_string())
-        .collect();
+    let (violations, unbalanced, accesses) = {
+        let mut r = sh.retired.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            std::mem::take(&mut r.violations),
+            std::mem::take(&mut r.unbalanced),
+            r.accesses,
+        )
+    };
     let mut reports = scope.reports();
     reports.extend(scope.orphans());
     let stats = sh.m.stats();
@@ -362,7 +397,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
             "injected_slow_callbacks",
             sh.inject.slowed.load(Ordering::Relaxed),
         ),
-        ("device_accesses_checked", sh.checker.accesses()),
+        ("device_accesses_checked", accesses),
         ("faults", stats.faults),
         ("cow", stats.cow),
         ("swap_out", stats.swap_out),

@@ -255,7 +255,7 @@ fn churn(sh: &Shared, l: &Live, rng: &mut Rng) {
         if let Some(d) = dr(
             sh,
             "churn open",
-            Dmirror::open(&l.process, &sh.checker, &name),
+            Dmirror::open(&l.process, &l.checker, &name),
         ) {
             sh.count(Counter::SubscribersJoined);
             let addr = l.a + rng.below(A_PAGES) * P;
@@ -319,9 +319,9 @@ pub(crate) fn rebuild(sh: &Shared, slot: &Slot) {
         }
     }
     if let Some(old) = live.take() {
-        let errors = retire(old);
+        let errors = retire(sh, old);
         sh.add(Counter::OpErrors, errors as u64);
         sh.count(Counter::SlotsRebuilt);
     }
-    *live = build(&sh.m, &sh.checker, sh, slot.index);
+    *live = build(&sh.m, sh, slot.index);
 }

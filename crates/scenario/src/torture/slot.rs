@@ -44,6 +44,8 @@ pub(crate) struct Live {
     pub(crate) a: u64,
     pub(crate) b: u64,
     pub(crate) drivers: Drivers,
+    /// This process's coherence checker (every driver of the process, churn included).
+    pub(crate) checker: Checker,
     pub(crate) _inject: Option<Subscription<Injector>>,
 }
 
@@ -59,7 +61,9 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Builds a slot's process, mappings and drivers. Errors (out of memory while building)
 /// leave the slot empty; a later operation retries.
-pub(crate) fn build(m: &Machine, c: &Checker, sh: &Shared, index: usize) -> Option<Live> {
+pub(crate) fn build(m: &Machine, sh: &Shared, index: usize) -> Option<Live> {
+    let checker = Checker::new();
+    let c = &checker;
     let process = m.spawn();
     let a = process.mmap(MapRequest::anon(A_PAGES * P)).ok()?;
     let b = process.mmap(MapRequest::anon(B_PAGES * P)).ok()?;
@@ -99,6 +103,7 @@ pub(crate) fn build(m: &Machine, c: &Checker, sh: &Shared, index: usize) -> Opti
         a,
         b,
         drivers: d,
+        checker,
         _inject: inject,
     })
 }
@@ -106,7 +111,7 @@ pub(crate) fn build(m: &Machine, c: &Checker, sh: &Shared, index: usize) -> Opti
 /// Closes every driver of a retired slot, then the process exits. Errors are counted by the
 /// caller as operation errors, never ignored silently: a driver that cannot close is a
 /// failed operation.
-pub(crate) fn retire(live: Live) -> usize {
+pub(crate) fn retire(sh: &Shared, live: Live) -> usize {
     let mut errors = 0;
     let d = live.drivers;
     let mut count = |r: Result<(), drivers::DriverError>| {
@@ -140,6 +145,7 @@ pub(crate) fn retire(live: Live) -> usize {
     if live.process.exit().is_err() {
         errors += 1;
     }
+    sh.retire_checker(&live.checker);
     errors
 }
 
