@@ -7,7 +7,9 @@
 //! PASS/FAIL (or SKIP when the machine cannot run it, e.g. userfaultfd denied with
 //! `--source uffd`); the command fails when any step fails.
 //!
-//! The `*-system` steps run the seeds as the whole system: the simulated kernel (`vmsim`) with
+//! The `*-system` steps run the seeds as the whole system: first the seed's scenario files
+//! (`scenarios/seed-*.toml`, the files `mmnotify run` runs, so the two cannot disagree), then
+//! the simulated kernel (`vmsim`) with
 //! the reference drivers and the coherence checker of `drivers` (`drivers::scenarios`), each
 //! buggy then fixed; the steps before them stay as the validator's view in miniature.
 //!
@@ -1434,8 +1436,52 @@ fn hung_names(o: &scenarios::Outcome) -> String {
         .join("; ")
 }
 
+/// Runs a seed's scenario files — the very files `mmnotify run scenarios/*.toml` runs, compiled
+/// into the binary — so the tour and `run` cannot disagree: each must hold.
+fn run_files(f: &mut Finding, names: &[&str]) {
+    for name in names {
+        let file = format!("scenarios/{name}.toml");
+        match scenario::builtin::run_named(name, &scenario::RunOptions::default()) {
+            Ok(o) => {
+                f.see(format!(
+                    "{file}: {} ({} expectation(s), {} ms)",
+                    if o.passed {
+                        "every expectation holds"
+                    } else {
+                        "FAILED"
+                    },
+                    o.expectations.len(),
+                    o.duration_ms
+                ));
+                for e in o.expectations.iter().filter(|e| !e.passed) {
+                    f.see(format!(
+                        "  line {}: {} (observed: {})",
+                        e.line, e.expectation, e.observed
+                    ));
+                }
+                for u in &o.unexpected {
+                    f.see(format!("  unexpected: {u}"));
+                }
+                if let Some(e) = &o.step_error {
+                    f.see(format!("  step: {e}"));
+                }
+                f.check(format!("{file} holds"), o.passed);
+            }
+            Err(e) => f.check(format!("{file} loads ({e})"), false),
+        }
+    }
+}
+
 fn seed000_system() -> Result<Finding> {
     let mut f = Finding::default();
+    run_files(
+        &mut f,
+        &[
+            "seed-000-gntdev-4.12-buggy",
+            "seed-000-gntdev-4.12-buggy-pressure",
+            "seed-000-gntdev-fixed",
+        ],
+    );
     let o = scenarios::seed000_validator()?;
     let atomic = o.sleeping_in("gntdev.rs");
     f.see(format!(
@@ -1482,6 +1528,14 @@ fn seed000_system() -> Result<Finding> {
 
 fn seed001_system() -> Result<Finding> {
     let mut f = Finding::default();
+    run_files(
+        &mut f,
+        &[
+            "seed-001-odp-gfp-kernel-buggy",
+            "seed-001-odp-gfp-noio-buggy",
+            "seed-001-odp-gfp-atomic-fixed",
+        ],
+    );
     for (gfp, name) in [(Gfp::KERNEL, "GFP_KERNEL"), (Gfp::NOIO, "GFP_NOIO")] {
         let o = scenarios::seed001(gfp)?;
         f.see(format!(
@@ -1506,6 +1560,14 @@ fn seed001_system() -> Result<Finding> {
 
 fn seed002_system() -> Result<Finding> {
     let mut f = Finding::default();
+    run_files(
+        &mut f,
+        &[
+            "seed-002-userptr-5.7-buggy",
+            "seed-002-userptr-5.7-buggy-pressure",
+            "seed-002-userptr-fixed",
+        ],
+    );
     let o = scenarios::seed002_validator()?;
     f.see(format!(
         "5.7 design, populate then DONTNEED, no pressure: {}",
@@ -1546,6 +1608,10 @@ fn seed002_system() -> Result<Finding> {
 
 fn seed003_system() -> Result<Finding> {
     let mut f = Finding::default();
+    run_files(
+        &mut f,
+        &["seed-003-odp-sleep-buggy", "seed-003-odp-trylock-fixed"],
+    );
     let o = scenarios::seed003(NonBlock::Sleep)?;
     let bad = o.sleeping_in("odp.rs");
     f.see(format!(
@@ -1578,6 +1644,13 @@ fn seed003_system() -> Result<Finding> {
 
 fn seed004_system() -> Result<Finding> {
     let mut f = Finding::default();
+    run_files(
+        &mut f,
+        &[
+            "seed-004-kvm-odp-pre-5.12-buggy",
+            "seed-004-kvm-odp-current-fixed",
+        ],
+    );
     let o = scenarios::seed004(Profile::Pre5_12)?;
     f.see(format!(
         "Profile::Pre5_12, KVM 4.19 + ODP 4.19: {}; mmu_invalidate_in_progress {:?}; guest fault: {:?}; {}",
