@@ -333,7 +333,24 @@ fn mutate(
             } else {
                 unsafe { host.munmap(addr, len) }?;
             }
-            Mapping::anonymous_at(addr, len)?.into_raw();
+            match Mapping::anonymous_at(addr, len) {
+                Ok(m) => {
+                    m.into_raw();
+                }
+                Err(e) => {
+                    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+                    let near: Vec<&str> = maps
+                        .lines()
+                        .filter(|l| {
+                            l.split('-')
+                                .next()
+                                .and_then(|a| u64::from_str_radix(a, 16).ok())
+                                .is_some_and(|a| a + (1 << 20) > addr && a < addr + len + (1 << 20))
+                        })
+                        .collect();
+                    bail!("{e}: at {addr:#x}+{len:#x}, mapped around it: {near:#?}");
+                }
+            }
         }
         Pattern::MapFixed => {
             if cfg.uffd {
@@ -559,9 +576,15 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
                     beat.at(5);
                     t[0] += 1;
                     let r = arena.range(first, n);
-                    let Ok(h) = cache.get(r.start(), r.len()) else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    let h = match cache.get(r.start(), r.len()) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            if debug && failed.load(Ordering::Relaxed) % 5000 == 0 {
+                                eprintln!("failed lookup: {e}");
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                     };
                     beat.at(6);
                     t[1] += 1;

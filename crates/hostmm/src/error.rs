@@ -85,7 +85,7 @@ pub enum Error {
         /// One past its last byte.
         end: u64,
         /// What backs it.
-        kind: crate::maps::MappingKind,
+        kind: crate::MappingKind,
     },
     /// userfaultfd accepted the registration but `/proc/self/smaps` shows part of the range
     /// unregistered afterwards: the range was unmapped and mapped again while it was being

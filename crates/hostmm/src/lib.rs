@@ -26,6 +26,23 @@
 //! registration only if no invalidation hit its range while it was being made (the kernel's
 //! `read_begin`/`read_retry`).
 //!
+//! ## What each source covers
+//!
+//! * **uffd**: private anonymous memory only. munmap, `MAP_FIXED` over, `mremap`, `brk` shrink
+//!   raise `UNMAP`/`REMAP` before the call returns (the [pending window](gate) covers the gap
+//!   after `read()`); the watch holds only what `/proc/self/smaps` shows registered after
+//!   `UFFDIO_REGISTER` (which silently skips holes), so a range not wholly registered is refused
+//!   ([`Error::NotMapped`], [`Error::WatchUnverified`]). Shared and private file mappings are
+//!   refused ([`Error::UncoveredMapping`]): their file can free their pages with no event here.
+//! * **bracketed**: only changes made through [`HostMm::munmap`] & co.; for shared files,
+//!   [`HostMm::punch_hole`], [`HostMm::truncate`] and `madvise(MADV_REMOVE)` invalidate every
+//!   mapping of the file range in this process.
+//! * **both**: `MADV_DONTNEED` (whose uffd `REMOVE` comes *before* the zap) and fork + write
+//!   are covered by the pin a registrar must take before recording pages
+//!   ([`MlockRegistrar`]: `mlock`, which `madvise_dontneed_free` refuses to zap and which breaks
+//!   copy-on-write with `FOLL_WRITE`, and `MADV_DONTFORK`). Not covered: `MADV_DONTNEED_LOCKED`,
+//!   migration of mlocked pages, changes by other processes.
+//!
 //! ## Which API to reach for
 //!
 //! * A registration cache: [`RegCache`] over your [`Registrar`], with [`Source::auto`].
@@ -56,7 +73,7 @@
 
 pub mod bench;
 mod bracketed;
-pub mod brlock;
+mod brlock;
 mod cache;
 mod error;
 mod file;
@@ -64,7 +81,7 @@ pub mod gate;
 mod host;
 mod import;
 mod mapping;
-pub mod maps;
+mod maps;
 mod monitor;
 mod primitive;
 pub mod race;
@@ -82,6 +99,7 @@ pub use error::{Error, RegistrarError, Result};
 pub use host::HostMm;
 pub use import::Importer;
 pub use mapping::Mapping;
+pub use maps::MappingKind;
 pub use mmu_notifier::Event;
 pub use monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
 pub use ranges::RangeCounts;

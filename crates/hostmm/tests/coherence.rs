@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use hostmm::maps::MappingKind;
+use hostmm::MappingKind;
 use hostmm::{
     CacheConfig, Error, HostMm, Mapping, MlockRegistrar, MonitorConfig, NoopRegistrar,
     PagemapRegistrar, RegCache, Registrar, RegistrarError, UffdMonitor, VaRange,
