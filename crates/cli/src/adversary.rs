@@ -528,13 +528,18 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let totals = Mutex::new([0u64; 4]); // lookups, checked, frame_checked, stale
     let failed = AtomicU64::new(0);
+    // Every thread maps its signal stack when it starts (Rust's stack-overflow handler): they
+    // all start before the first change, so none lands in a hole a mutator made in the arena.
+    let ready = std::sync::Barrier::new(cfg.mutators + cfg.lookers + 1);
     let start = Instant::now();
 
     std::thread::scope(|s| {
         for (m, beat) in beats[..cfg.mutators].iter().enumerate() {
             let (arena, cache) = (&arena, &cache);
             let (ops, refused, stop, failure, host) = (&ops, &refused, &stop, &failure, &host);
+            let ready = &ready;
             s.spawn(move || {
+                ready.wait();
                 let mut rng = Rng::new(cfg.seed ^ ((m as u64 + 1) * 0x51));
                 while !stop.load(Ordering::Relaxed) {
                     if ops.fetch_add(1, Ordering::Relaxed) >= cfg.ops {
@@ -562,8 +567,9 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
         }
         for l in 0..cfg.lookers {
             let (arena, cache, beat) = (&arena, &cache, &beats[cfg.mutators + l]);
-            let (stop, totals, failed) = (&stop, &totals, &failed);
+            let (stop, totals, failed, ready) = (&stop, &totals, &failed, &ready);
             s.spawn(move || {
+                ready.wait();
                 let mut rng = Rng::new(cfg.seed.wrapping_add(0x1000 + l as u64));
                 let mut t = [0u64; 4];
                 let debug = std::env::var_os("MMNOTIFY_RACE_DEBUG").is_some();
@@ -624,6 +630,7 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
                 }
             });
         }
+        ready.wait();
         // The calling thread: progress, the time limit, the end, and the watchdog.
         let mut last = (Instant::now(), 0u64);
         loop {

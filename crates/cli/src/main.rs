@@ -1,7 +1,7 @@
 //! `mmnotify`: the mmnotify command line.
 //!
 //! `tour` reproduces every seed scenario through the real crates and checks it; `race` runs the
-//! registration-cache race against the real kernel; `bench` measures the host cache and
+//! registration-cache race and the adversary (`adversary.rs`) against the real kernel; `bench` measures the host cache and
 //! invalidation sources against their baselines.
 
 use std::io::IsTerminal;
@@ -39,8 +39,9 @@ enum Command {
     /// each step checks itself. A few seconds in a release build; the race step dominates.
     #[command(after_long_help = tour::AFTER_HELP)]
     Tour(tour::TourArgs),
-    /// Race a registration cache against concurrent unmap/remap of the same range; reports
-    /// stale registrations (must be 0).
+    /// Race a registration cache against concurrent changes of the address space; reports stale
+    /// registrations (must be 0). `--pattern replace` (default): one mutator, one looker;
+    /// `--pattern all` or one pattern: the adversary, N mutators x M lookers, every lookup checked.
     Race(RaceArgs),
     /// Benchmarks of the host cache and invalidation sources, each next to its baseline.
     Bench(BenchArgs),
