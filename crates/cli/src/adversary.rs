@@ -506,6 +506,13 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
             // Few entries: evictions release pins, so DONTNEED and fork meet unpinned pages
             // too, and the flush path runs under the race.
             max_entries: 8,
+            // dontneed: a byte limit of half the arena, so pins keep being released and
+            // DONTNEED keeps meeting unpinned pages (and the REMOVE window) under the race.
+            max_bytes: if cfg.pattern == Pattern::Dontneed {
+                (cfg.pages / 2).max(1) * hostmm::page_size()
+            } else {
+                CacheConfig::default().max_bytes
+            },
             ..Default::default()
         },
     )?;
@@ -574,7 +581,10 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
                 let mut t = [0u64; 4];
                 let debug = std::env::var_os("MMNOTIFY_RACE_DEBUG").is_some();
                 while !stop.load(Ordering::Relaxed) {
-                    let (first, n) = rng.run(arena.pages);
+                    let (first, mut n) = rng.run(arena.pages);
+                    if cfg.pattern == Pattern::Dontneed {
+                        n = n.min((arena.pages / 4).max(1));
+                    }
                     beat.at(4);
                     let snap: Vec<(u64, u64)> = (first..first + n)
                         .map(|p| arena.recs[p as usize].snapshot())
