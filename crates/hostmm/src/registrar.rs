@@ -14,7 +14,13 @@ use crate::va::{page_size, VaRange};
 /// Registers and deregisters ranges with a secondary MMU (`ibv_reg_mr`/`ibv_dereg_mr`,
 /// `cudaHostRegister`/`cudaHostUnregister`, ...).
 ///
-/// Contract: `register` may be slow and may fail (the range may be unmapped concurrently);
+/// Contract: a registration that depends on the pages (their frames, a device pin) must pin
+/// them with [`MlockRegistrar`] *before* it records them, and release that pin after it
+/// deregisters: the pin is what keeps `MADV_DONTNEED` (whose userfaultfd `REMOVE` event comes
+/// before the zap) and a `fork` followed by a write from moving registered pages with no
+/// invalidation. [`PagemapRegistrar`] is built that way.
+///
+/// `register` may be slow and may fail (the range may be unmapped concurrently);
 /// `deregister` must not fail and must not unmap memory the cache's monitor watches *while
 /// holding anything the monitor needs* — the cache calls it with no lock held, on the thread of
 /// a cache operation, never from an invalidation callback.
