@@ -124,7 +124,8 @@ impl Sva {
                 tlb.flushes
             };
             // IOTLB miss: the IOMMU walks the CPU page table (ATS translation request).
-            match io.space.lookup(page) {
+            // Only present entries: a device-private page is not present to the IOMMU.
+            match io.space.walk(page) {
                 Some((pfn, w)) if store.is_none() || w => {
                     let m = io.space.machine();
                     let generation = m.frames().frame(pfn)?.generation();

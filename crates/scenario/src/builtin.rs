@@ -32,8 +32,8 @@ pub const FILES: [(&str, &str); 20] = [
         include_str!("../../../scenarios/hmm-migrate-release.toml"),
     ),
     (
-        "known-bug-sva-device-private",
-        include_str!("../../../scenarios/known-bug-sva-device-private.toml"),
+        "sva-device-private",
+        include_str!("../../../scenarios/sva-device-private.toml"),
     ),
     (
         "seed-000-gntdev-4.12-buggy",

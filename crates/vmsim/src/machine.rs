@@ -451,6 +451,16 @@ impl Space {
         let pte = self.pt.leaf(addr)?.ptl.lock()[crate::pte::pte_index(addr)];
         pte.pfn().map(|p| (p, pte.is_write()))
     }
+    /// What a hardware walker sharing the page table sees at `addr` (an IOMMU's ATS translation
+    /// request, `iommu_sva`): the frame of a *present* entry and whether it is writable. A
+    /// device-private, swap or migration entry is not present to hardware (the IOMMU raises a
+    /// page request, answered by the CPU fault path).
+    pub fn walk(&self, addr: u64) -> Option<(crate::Pfn, bool)> {
+        let pte = self.pt.leaf(addr)?.ptl.lock()[crate::pte::pte_index(addr)];
+        pte.is_present()
+            .then(|| pte.pfn().map(|p| (p, pte.is_write())))
+            .flatten()
+    }
     /// `check_stable_address_space`: faults fail once the OOM reaper has started.
     pub(crate) fn check_stable(&self) -> Result<(), VmError> {
         if self.test(mmf::UNSTABLE) {

@@ -45,11 +45,9 @@ pub struct TortureConfig {
     pub buggy: Option<IntervalBug>,
     /// Stop at the first violation, report or invariant failure.
     pub fail_fast: bool,
-    /// Let the SVA IOMMU and dmirror's device memory meet on the same process. Off by
-    /// default: `drivers::sva` caches the frame of a device-private entry, which
-    /// `migrate_to_ram` frees without a secondary-TLB flush (the known bug of
-    /// `scenarios/known-bug-sva-device-private.toml`); on, the torture finds it in about a
-    /// second.
+    /// Let the SVA IOMMU and dmirror's device memory meet on the same process (the default).
+    /// The combination found `drivers::sva` caching the frame of a device-private entry, which
+    /// `migrate_to_ram` frees (`scenarios/sva-device-private.toml`, now a regression test).
     pub sva_over_device_memory: bool,
 }
 
@@ -63,7 +61,7 @@ impl Default for TortureConfig {
             frames: 1024,
             buggy: None,
             fail_fast: true,
-            sva_over_device_memory: false,
+            sva_over_device_memory: true,
         }
     }
 }
