@@ -46,6 +46,9 @@ pub struct TortureArgs {
     /// default they meet: the combination found the bug of scenarios/sva-device-private.toml).
     #[arg(long)]
     sva_apart: bool,
+    /// Fail one page allocation in N on purpose (0: never), as Linux's `fail_page_alloc`.
+    #[arg(long, default_value_t = 1000)]
+    fail_alloc_one_in: u64,
     /// Run the whole time even after a failure (default: stop at the first).
     #[arg(long)]
     keep_going: bool,
@@ -75,6 +78,9 @@ fn replay(a: &TortureArgs) -> String {
     );
     if a.sva_apart {
         s.push_str(" --sva-apart");
+    }
+    if a.fail_alloc_one_in != 1000 {
+        s.push_str(&format!(" --fail-alloc-one-in {}", a.fail_alloc_one_in));
     }
     if let Some(b) = a.buggy {
         if let Some(v) = b.to_possible_value() {
@@ -135,6 +141,7 @@ pub fn run(a: TortureArgs) -> Result<()> {
         }),
         fail_fast: !a.keep_going,
         sva_over_device_memory: !a.sva_apart,
+        fail_alloc_one_in: a.fail_alloc_one_in,
     };
     let tty = !a.json && std::io::stderr().is_terminal();
     let bar = tty.then(|| {

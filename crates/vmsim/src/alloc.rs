@@ -25,6 +25,19 @@ pub(crate) fn alloc_page(m: &Inner, gfp: Gfp) -> Result<Pfn, VmError> {
     lockdep::might_alloc(gfp);
     let gfp = lockdep::current_gfp_context(gfp);
     let atomic = !gfp.allows_blocking();
+    // `should_fail_alloc_page` (`mm/fail_page_alloc.c`): fail one allocation in N on purpose,
+    // never one reclaim itself makes.
+    let one_in = m.fail_alloc_one_in.load(Ordering::Relaxed);
+    if one_in > 0
+        && !crate::reclaim::in_reclaim()
+        && m.fail_alloc_seen.fetch_add(1, Ordering::Relaxed) % one_in == one_in - 1
+    {
+        m.counters
+            .injected_alloc_failures
+            .fetch_add(1, Ordering::Relaxed);
+        m.counters.alloc_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(VmError::OutOfMemory);
+    }
     // Reclaim itself (PF_MEMALLOC) and atomic callers may use the reserve below `min`.
     let reserve = atomic || crate::reclaim::in_reclaim();
     let floor = if reserve { 0 } else { m.config.wmark_min };
@@ -59,6 +72,13 @@ pub(crate) fn alloc_page(m: &Inner, gfp: Gfp) -> Result<Pfn, VmError> {
 }
 
 impl Machine {
+    /// Fails one page allocation in `one_in` on purpose (`fail_page_alloc`), 0 to stop: every
+    /// path that allocates must then cope with `OutOfMemory` without breaking an invariant.
+    /// Allocations made by reclaim itself are never failed.
+    pub fn inject_alloc_failures(&self, one_in: u64) {
+        self.0.fail_alloc_one_in.store(one_in, Ordering::Relaxed);
+    }
+
     /// Allocates one frame (`alloc_pages(gfp, 0)`), reclaiming and OOM-killing as Linux would.
     ///
     /// # Context

@@ -133,6 +133,8 @@ pub struct Counters {
     pub oom_kills: AtomicU64,
     /// Allocations that failed.
     pub alloc_failures: AtomicU64,
+    /// Allocations failed on purpose ([`Machine::inject_alloc_failures`]).
+    pub injected_alloc_failures: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -149,6 +151,7 @@ pub struct Stats {
     pub referenced: u64,
     pub oom_kills: u64,
     pub alloc_failures: u64,
+    pub injected_alloc_failures: u64,
     pub free: usize,
     pub total: usize,
 }
@@ -182,6 +185,10 @@ pub struct Inner {
     /// Owner of each device-private frame (`page->pgmap->owner`).
     pub(crate) device_owner: lockdep::SpinLock<HashMap<u32, u64>>,
     pub(crate) shutdown: AtomicBool,
+    /// Fail one allocation in this many (0: never), as `fail_page_alloc` does.
+    pub(crate) fail_alloc_one_in: AtomicU64,
+    /// Allocations seen by the failure injection.
+    pub(crate) fail_alloc_seen: AtomicU64,
 }
 
 /// A simulated machine. Cloning gives another handle to the same machine.
@@ -229,6 +236,7 @@ impl Machine {
             referenced: l(&c.referenced),
             oom_kills: l(&c.oom_kills),
             alloc_failures: l(&c.alloc_failures),
+            injected_alloc_failures: l(&c.injected_alloc_failures),
             free: self.0.pool.nr_free(),
             total: self.0.pool.total(),
         }
@@ -276,6 +284,8 @@ impl Inner {
             tasks: Arc::new(crate::task::Tasks::default()),
             device_owner: lockdep::SpinLock::new(HashMap::new(), &DEVICE_LOCK),
             shutdown: AtomicBool::new(false),
+            fail_alloc_one_in: AtomicU64::new(0),
+            fail_alloc_seen: AtomicU64::new(0),
             config,
         });
         Ok(inner)

@@ -214,3 +214,29 @@ fn allocation_under_pressure_reclaims_then_oom_kills_the_largest() {
     assert!(matches!(big.read(a), Err(VmError::Gone(_))));
     m.check().unwrap();
 }
+
+#[test]
+fn injected_allocation_failures_are_typed_errors_and_break_nothing() {
+    // fail_page_alloc: every path that allocates copes with OutOfMemory.
+    let m = Machine::new(Config::new(256).swap(256)).unwrap();
+    m.inject_alloc_failures(3);
+    let p = m.spawn();
+    let a = p.mmap(MapRequest::anon(64 * P)).unwrap();
+    let mut failed = 0;
+    for i in 0..64 {
+        match p.write(a + i * P, i) {
+            Ok(()) => {}
+            Err(VmError::OutOfMemory) => failed += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(failed > 0, "the injection never fired");
+    let _ = p.fork().map(|c| c.exit());
+    let _ = m.reclaim(16);
+    m.check().unwrap();
+    assert_eq!(m.stats().injected_alloc_failures, m.stats().alloc_failures);
+    m.inject_alloc_failures(0);
+    p.touch(a, 64 * P, true).unwrap();
+    p.exit().unwrap();
+    assert_eq!(m.check().unwrap().used, 0);
+}

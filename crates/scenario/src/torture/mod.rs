@@ -3,7 +3,8 @@
 //! hog), OOM kills (injected, and the allocator's own), subscribers joining and leaving, forks,
 //! migrations (NUMA and to device memory), every device access through the coherence checker,
 //! and fault injection: refused non-blockable starts and slow callbacks (a subscriber on every
-//! process), and failing allocations (the hog takes frames with `GFP_NOWAIT` until they fail).
+//! process), and failing allocations (the hog takes frames with `GFP_NOWAIT` until they fail, and
+//! one page allocation in `fail_alloc_one_in` fails on purpose, as `fail_page_alloc` does).
 //!
 //! Pass: no coherence violation, no validator report, no invariant violated, starts and ends
 //! paired at the end. Real threads: the seed fixes each worker's sequence of choices (and the
@@ -49,6 +50,9 @@ pub struct TortureConfig {
     /// The combination found `drivers::sva` caching the frame of a device-private entry, which
     /// `migrate_to_ram` frees (`scenarios/sva-device-private.toml`, now a regression test).
     pub sva_over_device_memory: bool,
+    /// Fail one page allocation in this many on purpose (`vmsim::Machine::inject_alloc_failures`,
+    /// Linux's `fail_page_alloc`); 0: only the real failures of the memory hog.
+    pub fail_alloc_one_in: u64,
 }
 
 impl Default for TortureConfig {
@@ -62,6 +66,7 @@ impl Default for TortureConfig {
             buggy: None,
             fail_fast: true,
             sva_over_device_memory: true,
+            fail_alloc_one_in: 1000,
         }
     }
 }
@@ -252,6 +257,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
             }
         }
     };
+    m.inject_alloc_failures(cfg.fail_alloc_one_in);
     let sh = Arc::new(Shared {
         m,
         retired: Mutex::new(Retired::default()),
@@ -405,6 +411,7 @@ pub fn run(cfg: &TortureConfig, mut progress: impl FnMut(&Snapshot)) -> TortureR
         ("kswapd_runs", stats.kswapd_runs),
         ("oom_kills", stats.oom_kills),
         ("alloc_failures", stats.alloc_failures),
+        ("injected_alloc_failures", stats.injected_alloc_failures),
         (
             "oom_reaper_gave_up",
             sh.m.oom_reports().iter().filter(|r| r.gave_up).count() as u64,
