@@ -163,21 +163,11 @@ impl Frame {
     }
     /// `folio_try_get`: a reference only if the frame is still in use (speculative lookups).
     pub fn try_get(&self) -> bool {
-        let mut cur = self.refcount.load(Ordering::Acquire);
-        loop {
-            if cur == 0 {
-                return false;
-            }
-            match self.refcount.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
+        self.refcount
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c != 0).then_some(c + 1)
+            })
+            .is_ok()
     }
     /// `folio_add_*_rmap`: one more page-table mapping.
     pub fn map(&self) {
@@ -185,21 +175,7 @@ impl Frame {
     }
     /// `folio_remove_rmap_*`: one mapping fewer. Returns the mapcount left.
     pub(crate) fn unmap(&self) -> Result<u32, VmError> {
-        let mut cur = self.mapcount.load(Ordering::Acquire);
-        loop {
-            if cur == 0 {
-                return Err(crate::error::invariant("mapcount underflow"));
-            }
-            match self.mapcount.compare_exchange_weak(
-                cur,
-                cur - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(cur - 1),
-                Err(now) => cur = now,
-            }
-        }
+        dec_nonzero(&self.mapcount).ok_or_else(|| crate::error::invariant("mapcount underflow"))
     }
     /// A FOLL_PIN pin: a reference plus the pin count. (Linux folds pins into the refcount
     /// with `GUP_PIN_COUNTING_BIAS` and guesses; a separate count lets reclaim know exactly.)
@@ -209,21 +185,9 @@ impl Frame {
     }
     /// Drops one pin count (the caller then drops the reference through the pool).
     pub(crate) fn unpin(&self) -> Result<(), VmError> {
-        let mut cur = self.pincount.load(Ordering::Acquire);
-        loop {
-            if cur == 0 {
-                return Err(crate::error::invariant("unpin of an unpinned frame"));
-            }
-            match self.pincount.compare_exchange_weak(
-                cur,
-                cur - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(now) => cur = now,
-            }
-        }
+        dec_nonzero(&self.pincount)
+            .map(drop)
+            .ok_or_else(|| crate::error::invariant("unpin of an unpinned frame"))
     }
     pub(crate) fn lru_links(&self) -> (u32, u32) {
         let v = self.lru.load(Ordering::Relaxed);
@@ -232,6 +196,15 @@ impl Frame {
     pub(crate) fn set_lru_links(&self, prev: u32, next: u32) {
         self.lru.store(link(prev, next), Ordering::Relaxed)
     }
+}
+
+/// Decrements a count that must not go below zero; returns what is left, or `None` (and
+/// leaves it at zero) if it was already zero.
+fn dec_nonzero(count: &AtomicU32) -> Option<u32> {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+        .ok()
+        .map(|before| before - 1)
 }
 
 fn link(prev: u32, next: u32) -> u64 {
@@ -321,23 +294,9 @@ impl FramePool {
     /// takes the frame off its LRU list and calls [`FramePool::free`] (`__folio_put`).
     pub fn put_testzero(&self, pfn: Pfn) -> Result<bool, VmError> {
         let f = self.frame(pfn)?;
-        let mut cur = f.refcount.load(Ordering::Acquire);
-        loop {
-            if cur == 0 {
-                return Err(crate::error::invariant(format!(
-                    "put of a free frame ({pfn})"
-                )));
-            }
-            match f.refcount.compare_exchange_weak(
-                cur,
-                cur - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(cur == 1),
-                Err(now) => cur = now,
-            }
-        }
+        dec_nonzero(&f.refcount)
+            .map(|left| left == 0)
+            .ok_or_else(|| crate::error::invariant(format!("put of a free frame ({pfn})")))
     }
 
     /// Returns a frame whose last reference is gone to the free list. A frame still mapped,
