@@ -362,12 +362,19 @@ fn stress_no_hit_predates_a_completed_invalidation() {
     while cache.stats().misses == 0 {
         std::thread::yield_now();
     }
-    for k in 1..=3000 {
+    // At least 3000 invalidations, and on until the lookers have also hit between them (a
+    // loaded machine may not schedule them for a while), within 20 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut k = 0;
+    while k < 3000 || (cache.stats().hits == 0 && std::time::Instant::now() < deadline) {
+        k += 1;
         // Registrations made from now on record k; invalidation k then runs and completes.
         version.store(k, Ordering::SeqCst);
         imp.notify(addr, len, Event::Unmap).unwrap();
         completed.store(k, Ordering::SeqCst);
-        std::hint::spin_loop();
+        if k % 64 == 0 {
+            std::thread::yield_now(); // let the lookers in between invalidations
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
