@@ -76,8 +76,8 @@ fn the_reference_protocol_is_coherent_in_every_interleaving() {
 fn caught(bug: IntervalBug) {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     CAUGHT.store(false, Ordering::Relaxed);
-    let r = std::panic::catch_unwind(|| shuttle::check_pct(move || mirror_model(bug), 2000, 3));
-    assert!(r.is_err(), "{bug:?} passed 2000 executions");
+    let r = std::panic::catch_unwind(|| shuttle::check_pct(move || mirror_model(bug), 20_000, 3));
+    assert!(r.is_err(), "{bug:?} passed 20,000 executions");
     assert!(
         CAUGHT.load(Ordering::Relaxed),
         "{bug:?}: the model failed, but not on a violation"

@@ -127,8 +127,11 @@ static SWAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 fn the_model_catches_pageout_before_unmap() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     LOST.store(false, std::sync::atomic::Ordering::Relaxed);
-    let caught = std::panic::catch_unwind(|| shuttle::check_pct(stores_survive_reclaim, 2000, 3));
-    assert!(caught.is_err(), "the broken variant passed 2000 executions");
+    let caught = std::panic::catch_unwind(|| shuttle::check_pct(stores_survive_reclaim, 20_000, 3));
+    assert!(
+        caught.is_err(),
+        "the broken variant passed 20,000 executions"
+    );
     assert!(
         LOST.load(std::sync::atomic::Ordering::Relaxed),
         "the model failed, but not on the lost store"
