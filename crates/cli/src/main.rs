@@ -9,12 +9,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use hostmm::race::{RaceConfig, RaceSource};
 use hostmm::{MonitorConfig, Source};
 use serde::Serialize;
 
+use race_replace::{RaceConfig, RaceSource};
+
 mod adversary;
+mod bench;
+mod race_replace;
 mod run;
+mod sys;
 mod torture;
 mod tour;
 
@@ -163,7 +167,7 @@ struct RaceJson {
 }
 
 impl RaceJson {
-    fn new(report: &hostmm::race::RaceReport, fallback_reason: Option<String>) -> RaceJson {
+    fn new(report: &race_replace::RaceReport, fallback_reason: Option<String>) -> RaceJson {
         RaceJson {
             source: report.source,
             fallback_reason,
@@ -244,7 +248,7 @@ fn race(args: RaceArgs) -> Result<()> {
         ..RaceConfig::default()
     };
     let pb = progress_bar(args.rounds, args.json);
-    let report = hostmm::race::run(&config, |done| {
+    let report = race_replace::run(&config, |done| {
         if let Some(pb) = &pb {
             pb.set_position(done);
         }
@@ -370,14 +374,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     // cache, not the validator.
     lockdep::set_enabled(false);
     let cfg = if args.quick {
-        hostmm::bench::BenchConfig::quick()
+        bench::BenchConfig::quick()
     } else {
-        hostmm::bench::BenchConfig::default()
+        bench::BenchConfig::default()
     };
     if !args.json && std::io::stderr().is_terminal() {
         eprintln!("measuring (medians of {} batches)...", cfg.batches);
     }
-    let rows = hostmm::bench::all(&cfg).context("running the benchmarks")?;
+    let rows = bench::all(&cfg).context("running the benchmarks")?;
     if args.json {
         let out: Vec<BenchJson> = rows
             .iter()

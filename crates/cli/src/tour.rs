@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::race_replace::{RaceConfig, RaceSource};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
-use hostmm::race::{RaceConfig, RaceSource};
 use hostmm::{MonitorConfig, Source};
 use lockdep::scope::Scope;
 use lockdep::{might_alloc, DynamicKey, Gfp, Mutex, Report, ReportKind, ReportMode, SpinLock};
@@ -1372,7 +1372,7 @@ fn race(args: &TourArgs) -> Result<Finding> {
         })));
     }
     let pb = crate::progress_bar(args.rounds, args.json);
-    let result = hostmm::race::run(&config, |done| {
+    let result = crate::race_replace::run(&config, |done| {
         if let Some(pb) = &pb {
             pb.set_position(done);
         }

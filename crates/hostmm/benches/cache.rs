@@ -1,9 +1,31 @@
 //! Criterion benchmarks: cache hit vs a `Mutex<BTreeMap>` cache, and a miss with a no-op
 //! registrar. `mmnotify bench` prints the full table (munmap costs, scaling) with ratios.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
 use criterion::{criterion_group, criterion_main, Criterion};
-use hostmm::bench::MutexCache;
 use hostmm::{CacheConfig, Event, HostMm, Mapping, NoopRegistrar, RegCache};
+
+/// The baseline: one mutex around a `BTreeMap` keyed by `(start, end)`, as simple caches do.
+#[derive(Default)]
+struct MutexCache(Mutex<BTreeMap<(u64, u64), u64>>);
+
+impl MutexCache {
+    fn insert(&self, start: u64, end: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert((start, end), start);
+    }
+
+    /// The entry covering `[start, end)`.
+    fn lookup(&self, start: u64, end: u64) -> Option<u64> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.range(..=(start, u64::MAX))
+            .next_back()
+            .filter(|((_, e), _)| *e >= end)
+            .map(|(_, v)| *v)
+    }
+}
 
 fn hits(c: &mut Criterion) {
     let page = hostmm::page_size();

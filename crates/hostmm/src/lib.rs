@@ -71,7 +71,6 @@
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
-pub mod bench;
 mod bracketed;
 mod brlock;
 mod cache;
@@ -84,7 +83,6 @@ mod mapping;
 mod maps;
 mod monitor;
 mod primitive;
-pub mod race;
 mod ranges;
 mod registrar;
 mod source;

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
-use crate::mapping::Mapping;
-use crate::monitor::{MonitorConfig, UffdMonitor};
-use crate::registrar::NoopRegistrar;
-use crate::va::page_size;
-use crate::{CacheConfig, HostMm, RegCache};
+use hostmm::{
+    page_size, CacheConfig, HostMm, Mapping, MonitorConfig, NoopRegistrar, RegCache, Result,
+    UffdMonitor,
+};
+
+use crate::sys::{as_ptr, lock, sys};
 
 /// One line of the table.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,11 +83,11 @@ pub struct MutexCache {
 impl MutexCache {
     /// Inserts a registration.
     pub fn insert(&self, start: u64, end: u64) {
-        crate::primitive::lock(&self.map).insert((start, end), Arc::new(start));
+        lock(&self.map).insert((start, end), Arc::new(start));
     }
     /// The registration covering `[start, end)`.
     pub fn lookup(&self, start: u64, end: u64) -> Option<Arc<u64>> {
-        let map = crate::primitive::lock(&self.map);
+        let map = lock(&self.map);
         map.range(..=(start, u64::MAX))
             .next_back()
             .filter(|((_, e), _)| *e >= end)
@@ -120,8 +120,7 @@ pub fn munmap_costs(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     };
     let raw_unmap = |m: &Mapping| -> Result<()> {
         // SAFETY: the mapping is ours and no reference into it survives.
-        unsafe { rustix::mm::munmap(m.range().as_ptr(), m.len() as usize) }
-            .map_err(crate::error::sys("munmap"))
+        unsafe { rustix::mm::munmap(as_ptr(&m.range()), m.len() as usize) }.map_err(sys("munmap"))
     };
     let bare = time_batch(&mut |m| raw_unmap(m), &mut |_| Ok(()))?;
 

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use rustix::mm::MremapFlags;
 
-use crate::error::{Error, RegistrarError, Result};
-use crate::mapping::Mapping;
-use crate::monitor::{MonitorConfig, UffdMonitor};
-use crate::registrar::{MlockRegistrar, PagemapRegistrar, Registrar};
-use crate::va::{page_size, VaRange};
-use crate::{CacheConfig, CacheStats, HostMm, RegCache};
+use hostmm::{
+    page_size, CacheConfig, CacheStats, Error, FrameRegistration, HostMm, Mapping, MlockRegistrar,
+    MonitorConfig, PagemapRegistrar, RegCache, Registrar, RegistrarError, Result, UffdMonitor,
+    VaRange,
+};
+
+use crate::sys::{as_ptr, lock, sys};
 
 /// Which invalidation source the race runs against.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -147,11 +148,6 @@ impl GenRegistrar {
         Ok(Self { pin, mem, delay })
     }
 
-    /// Whether physical frames are recorded.
-    pub fn records_frames(&self) -> bool {
-        matches!(self.pin, Pin::Frames(_))
-    }
-
     /// The word at `addr`, or `None` if it is not mapped.
     pub fn read_word(&self, addr: u64) -> Option<u64> {
         let mut w = [0u8; 8];
@@ -203,7 +199,7 @@ impl Registrar for GenRegistrar {
     }
     fn deregister(&self, range: VaRange, registration: &GenRegistration) {
         match &self.pin {
-            Pin::Frames(p) => p.deregister(range, &crate::FrameRegistration { frames: Vec::new() }),
+            Pin::Frames(p) => p.deregister(range, &FrameRegistration { frames: Vec::new() }),
             Pin::Mlock(m) => m.deregister(range, &()),
         }
         let _ = registration;
@@ -283,14 +279,14 @@ impl Target {
                 // SAFETY: as above.
                 unsafe {
                     rustix::mm::mremap_fixed(
-                        from.as_ptr(),
+                        as_ptr(&from),
                         len as usize,
                         len as usize,
                         MremapFlags::MAYMOVE,
-                        self.range.as_ptr(),
+                        as_ptr(&self.range),
                     )
                 }
-                .map_err(crate::error::sys("mremap"))?;
+                .map_err(sys("mremap"))?;
             }
         } else {
             if bracketed {
@@ -298,8 +294,8 @@ impl Target {
                 unsafe { host.munmap(addr, len) }?;
             } else {
                 // SAFETY: as above.
-                unsafe { rustix::mm::munmap(self.range.as_ptr(), len as usize) }
-                    .map_err(crate::error::sys("munmap"))?;
+                unsafe { rustix::mm::munmap(as_ptr(&self.range), len as usize) }
+                    .map_err(sys("munmap"))?;
             }
             let m = Mapping::anonymous_at(addr, len)?;
             m.write_u64(0, generation);
@@ -312,7 +308,7 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         // SAFETY: the race owns the target range and both threads are done with it.
-        let _ = unsafe { rustix::mm::munmap(self.range.as_ptr(), self.range.len_usize()) };
+        let _ = unsafe { rustix::mm::munmap(as_ptr(&self.range), self.range.len() as usize) };
     }
 }
 
@@ -376,7 +372,7 @@ pub fn run(config: &RaceConfig, mut progress: impl FnMut(u64)) -> Result<RaceRep
                             replacements.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {
-                            *crate::primitive::lock(&failure) = Some(e);
+                            *lock(&failure) = Some(e);
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
@@ -430,7 +426,7 @@ pub fn run(config: &RaceConfig, mut progress: impl FnMut(u64)) -> Result<RaceRep
         }
         let _ = mutator.join();
     });
-    if let Some(e) = crate::primitive::lock(&failure).take() {
+    if let Some(e) = lock(&failure).take() {
         return Err(e);
     }
     progress(config.rounds);
