@@ -86,6 +86,7 @@ mod primitive;
 mod ranges;
 mod registrar;
 mod source;
+#[cfg(feature = "test-seams")]
 pub mod testing;
 pub mod uffd;
 mod va;

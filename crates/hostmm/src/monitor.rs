@@ -237,9 +237,10 @@ impl UffdMonitor {
     }
 
     /// The monitor thread's pthread handle (tests interrupt it with signals to check `EINTR`
-    /// handling).
+    /// handling). Only with the `test-seams` feature.
     #[doc(hidden)]
-    pub fn pthread_for_tests(&self) -> Option<libc::pthread_t> {
+    #[cfg(feature = "test-seams")]
+    pub fn pthread_for_tests(&self) -> Option<std::os::unix::thread::RawPthread> {
         use std::os::unix::thread::JoinHandleExt;
         lock(&self.inner.thread).as_ref().map(|t| t.as_pthread_t())
     }
