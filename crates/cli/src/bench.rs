@@ -13,6 +13,11 @@ use hostmm::{
 
 use crate::sys::{as_ptr, lock, sys};
 
+pub mod all;
+mod notifier;
+mod validator;
+mod wake;
+
 /// One line of the table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchRow {
@@ -250,6 +255,16 @@ pub fn hit_latency(cfg: &BenchConfig) -> Result<BenchRow> {
 }
 
 fn throughput(threads: usize, cfg: &BenchConfig, op: &(dyn Fn(usize) + Sync)) -> f64 {
+    throughput_per_thread(threads, cfg, &|t, i| op(i * 31 + t * 17))
+}
+
+/// Total Mops/s of `threads` threads each calling `op(thread, i)` for `i` in `0..cfg.ops`,
+/// released together; median over `cfg.batches`.
+fn throughput_per_thread(
+    threads: usize,
+    cfg: &BenchConfig,
+    op: &(dyn Fn(usize, usize) + Sync),
+) -> f64 {
     let mut per_batch = Vec::new();
     for _ in 0..cfg.batches {
         let go = AtomicBool::new(false);
@@ -262,7 +277,7 @@ fn throughput(threads: usize, cfg: &BenchConfig, op: &(dyn Fn(usize) + Sync)) ->
                         std::hint::spin_loop();
                     }
                     for i in 0..cfg.ops {
-                        op(i * 31 + t * 17);
+                        op(t, i);
                     }
                     done.fetch_add(1, Ordering::AcqRel);
                 });

@@ -2,7 +2,7 @@
 //!
 //! `tour` reproduces every seed scenario through the real crates and checks it; `race` runs the
 //! registration-cache race and the adversary (`adversary.rs`) against the real kernel; `bench` measures the host cache and
-//! invalidation sources against their baselines.
+//! invalidation sources against their baselines, and `bench --all` the whole performance table.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -138,7 +138,12 @@ fn parse_patterns(s: &str) -> std::result::Result<Patterns, String> {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// A short run (seconds), less precise.
+    /// The whole performance table (dispatch, read side, interval index, scaling, cache hit,
+    /// munmap with its wake-round-trip floor, validator), each row with its baseline from the
+    /// same run, its target and whether it is met. Without it: the host cache's figures.
+    #[arg(long)]
+    all: bool,
+    /// A short run (seconds), less precise; with --all, 10,000 intervals instead of 1M.
     #[arg(long)]
     quick: bool,
     /// Machine-readable output (one JSON object on stdout).
@@ -373,6 +378,9 @@ fn bench(args: BenchArgs) -> Result<()> {
     // The tour needs mmu-notifier's lockdep annotations compiled into this binary; measure the
     // cache, not the validator.
     lockdep::set_enabled(false);
+    if args.all {
+        return bench_all(&args);
+    }
     let cfg = if args.quick {
         bench::BenchConfig::quick()
     } else {
@@ -412,6 +420,24 @@ fn bench(args: BenchArgs) -> Result<()> {
                 r.name, r.value, r.unit, b, bv, ratio
             );
         }
+    }
+    Ok(())
+}
+
+/// `bench --all`: the whole table, Markdown or JSON.
+fn bench_all(args: &BenchArgs) -> Result<()> {
+    let cfg = bench::all::AllConfig::new(args.quick);
+    if !args.json && std::io::stderr().is_terminal() {
+        eprintln!(
+            "measuring the whole table (medians of {} batches, {} intervals, threads {:?})...",
+            cfg.bench.batches, cfg.intervals, cfg.threads
+        );
+    }
+    let rows = bench::all::run(&cfg);
+    if args.json {
+        println!("{}", bench::all::json(&cfg, args.quick, &rows)?);
+    } else {
+        print!("{}", bench::all::markdown(&rows));
     }
     Ok(())
 }
