@@ -85,7 +85,7 @@ pub enum Error {
         /// One past its last byte.
         end: u64,
         /// What backs it.
-        kind: crate::MappingKind,
+        kind: MappingKind,
     },
     /// userfaultfd accepted the registration but `/proc/self/smaps` shows part of the range
     /// unregistered afterwards: the range was unmapped and mapped again while it was being
@@ -182,4 +182,34 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn sys(call: &'static str) -> impl FnOnce(Errno) -> Error {
     move |errno| Error::Sys { call, errno }
+}
+
+/// What backs a mapping, as far as an invalidation source can tell.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MappingKind {
+    /// Private anonymous memory (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`, `[heap]`, `[stack]`):
+    /// its pages change only through this address space.
+    PrivateAnonymous,
+    /// A private mapping of a file: truncating the file zaps even its copied-on-write pages
+    /// (`unmap_mapping_range(..., even_cows = 1)` from `truncate_pagecache`), with no event on
+    /// this mapping.
+    PrivateFile,
+    /// A shared mapping (shmem, memfd, `MAP_SHARED` file, System V shm): its pages are freed
+    /// through the file (`fallocate(PUNCH_HOLE)`, `ftruncate`, `MADV_REMOVE` through another
+    /// mapping) with no event on this mapping.
+    Shared,
+    /// `[vsyscall]`, `[vvar]`, `[vdso]`, `[uprobes]`: userfaultfd cannot take them.
+    Special,
+}
+
+impl MappingKind {
+    /// A short name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            MappingKind::PrivateAnonymous => "private anonymous",
+            MappingKind::PrivateFile => "private file-backed",
+            MappingKind::Shared => "shared (shmem, memfd or MAP_SHARED file)",
+            MappingKind::Special => "special kernel",
+        }
+    }
 }

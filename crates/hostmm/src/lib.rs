@@ -71,40 +71,31 @@
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
-mod bracketed;
-mod brlock;
+// The layers, bottom up: `sys` (system calls and /proc readers) ← `primary` (Linux as the
+// primary MMU and the sources of invalidations) ← `cache` (the registration cache). `error` and
+// `primitive` serve all three.
 mod cache;
 mod error;
-mod file;
-pub mod gate;
-mod host;
-mod import;
-mod mapping;
-mod maps;
-mod monitor;
+mod primary;
 mod primitive;
-mod ranges;
-mod registrar;
-mod source;
+mod sys;
 #[cfg(feature = "test-seams")]
 pub mod testing;
-pub mod uffd;
-mod va;
-mod watch;
 
-pub use bracketed::advice_invalidates;
-pub use cache::{CacheConfig, CacheStats, Handle, RegCache};
-pub use error::{Error, RegistrarError, Result};
-pub use host::HostMm;
-pub use import::Importer;
-pub use mapping::Mapping;
-pub use maps::MappingKind;
-pub use mmu_notifier::Event;
-pub use monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
-pub use ranges::RangeCounts;
-pub use registrar::{
+pub use cache::regcache::{CacheConfig, CacheStats, Handle, RegCache};
+pub use cache::registrar::{
     FrameRegistration, MlockRegistrar, NoopRegistrar, PagemapRegistrar, Registrar,
 };
-pub use source::Source;
-pub use uffd::RegisterMode;
-pub use va::{page_size, VaRange};
+pub use error::{Error, MappingKind, RegistrarError, Result};
+pub use mmu_notifier::Event;
+pub use primary::bracketed::advice_invalidates;
+pub use primary::gate;
+pub use primary::host::HostMm;
+pub use primary::import::Importer;
+pub use primary::mapping::Mapping;
+pub use primary::monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
+pub use primary::source::Source;
+pub use sys::ranges::RangeCounts;
+pub use sys::uffd;
+pub use sys::uffd::RegisterMode;
+pub use sys::va::{page_size, VaRange};

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use crate::error::RegistrarError;
 use crate::primitive::lock;
-use crate::ranges::RangeCounts;
-use crate::va::{page_size, VaRange};
+use crate::sys::ranges::RangeCounts;
+use crate::sys::va::{page_size, VaRange};
 
 /// Registers and deregisters ranges with a secondary MMU (`ibv_reg_mr`/`ibv_dereg_mr`,
 /// `cudaHostRegister`/`cudaHostUnregister`, ...).

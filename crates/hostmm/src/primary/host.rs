@@ -2,10 +2,10 @@
 
 use mmu_notifier::Mm;
 
-use crate::gate::PendingGate;
+use crate::primary::gate::PendingGate;
 
 /// This process's address space as seen by its secondary MMUs: the notifier state ([`Mm`])
-/// that caches subscribe to, and the [pending gate](crate::gate) that lookups pass through.
+/// that caches subscribe to, and the [pending gate](crate::primary::gate) that lookups pass through.
 ///
 /// Invalidations reach it from three kinds of source: the [uffd monitor](crate::UffdMonitor),
 /// the [bracketed wrappers](HostMm::munmap) and an [`Importer`](crate::Importer). Cloning is

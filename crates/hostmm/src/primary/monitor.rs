@@ -8,7 +8,7 @@
 //!   processing (the watch set, each cache's lock inside the notifier callbacks) are only ever
 //!   held briefly by other threads, never across a system call that can wait for this thread.
 //! * **It opens the pending window before `read()`.** Linux lets the unmapping thread return as
-//!   soon as the event is read, before it is processed; the [window](crate::gate) makes every
+//!   soon as the event is read, before it is processed; the [window](crate::primary::gate) makes every
 //!   lookup that starts after that return wait for the invalidation.
 //! * **It never unmaps monitored memory.** Its event buffer is on its stack, it does not
 //!   deregister anything (caches defer deregistration to their callers' threads), and it frees
@@ -27,12 +27,12 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::gate::Opener;
-use crate::host::HostMm;
+use crate::primary::gate::Opener;
+use crate::primary::host::HostMm;
+use crate::primary::watch::{UnmapQueue, WatchSet};
 use crate::primitive::lock;
-use crate::uffd::{CreateSeam, RegisterMode, UffdEvent, Userfaultfd};
-use crate::va::VaRange;
-use crate::watch::{UnmapQueue, WatchSet};
+use crate::sys::uffd::{CreateSeam, RegisterMode, UffdEvent, Userfaultfd};
+use crate::sys::va::VaRange;
 
 /// How a [`UffdMonitor`] is set up.
 #[derive(Clone, Debug)]
@@ -292,16 +292,16 @@ struct ProcProbe {
     mode: RegisterMode,
 }
 
-impl crate::watch::Probe for ProcProbe {
+impl crate::primary::watch::Probe for ProcProbe {
     fn extent(&self, want: VaRange) -> Result<VaRange> {
-        let ext = crate::maps::extent_of(want)?;
+        let ext = crate::sys::maps::extent_of(want)?;
         Ok(match self.own_stack {
             Some(st) if st.overlaps(&ext) => clip_around(ext, st, want),
             _ => ext,
         })
     }
     fn registered(&self, within: VaRange) -> Result<Vec<VaRange>> {
-        crate::maps::registered_now(within, self.mode)
+        crate::sys::maps::registered_now(within, self.mode)
     }
 }
 
@@ -349,7 +349,7 @@ fn process(sh: &Shared, mm: &Mm, ev: UffdEvent) -> Result<()> {
         }
         UffdEvent::Pagefault { address, .. } => {
             c.faults.fetch_add(1, Ordering::Relaxed);
-            let page = crate::va::page_size();
+            let page = crate::sys::va::page_size();
             sh.uffd.zeropage(address & !(page - 1), page)?;
         }
         UffdEvent::Fork | UffdEvent::Unknown(_) => {

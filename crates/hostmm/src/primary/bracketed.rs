@@ -13,8 +13,8 @@ use mmu_notifier::{Event, Range};
 use rustix::mm::{Advice, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
 use crate::error::{sys, Result};
-use crate::host::HostMm;
-use crate::va::VaRange;
+use crate::primary::host::HostMm;
+use crate::sys::va::VaRange;
 
 /// Whether an `madvise` advice changes which pages back a range (and so must invalidate).
 pub fn advice_invalidates(advice: Advice) -> bool {
@@ -140,8 +140,8 @@ impl HostMm {
         let out = if advice == Advice::LinuxRemove {
             // MADV_REMOVE punches the file: every mapping of those file pages loses them.
             let mut ranges = vec![r];
-            if let Some(((dev, inode), off)) = crate::maps::file_at(r.start())? {
-                ranges.extend(crate::maps::mappings_of_file(
+            if let Some(((dev, inode), off)) = crate::sys::maps::file_at(r.start())? {
+                ranges.extend(crate::sys::maps::mappings_of_file(
                     dev,
                     inode,
                     off,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::va::VaRange;
+use crate::sys::va::VaRange;
 
 /// A set of disjoint, coalesced ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -9,9 +9,9 @@
 use mmu_notifier::{Event, InvalidateGuard, Range};
 
 use crate::error::{Error, Result};
-use crate::gate::{Opener, Window};
-use crate::host::HostMm;
-use crate::va::VaRange;
+use crate::primary::gate::{Opener, Window};
+use crate::primary::host::HostMm;
+use crate::sys::va::VaRange;
 
 /// A source of invalidations fed from outside. One per foreign monitor; `Send`, not `Sync`
 /// or `Clone` (its pending window is one serial sequence).
@@ -21,7 +21,7 @@ pub struct Importer {
 }
 
 impl HostMm {
-    /// A new import source. Fails only when [`gate::MAX_OPENERS`](crate::gate::MAX_OPENERS)
+    /// A new import source. Fails only when [`gate::MAX_OPENERS`](crate::primary::gate::MAX_OPENERS)
     /// sources already exist.
     pub fn importer(&self) -> Result<Importer> {
         let opener = self.gate().opener().ok_or(Error::Config(

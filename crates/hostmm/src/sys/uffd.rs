@@ -17,7 +17,7 @@ use rustix::ioctl::{ioctl, opcode, Opcode, Updater};
 use rustix::mm::UserfaultfdFlags;
 
 use crate::error::{Error, Result};
-use crate::va::VaRange;
+use crate::sys::va::VaRange;
 
 const UFFDIO: u8 = 0xAA;
 const OP_API: Opcode = opcode::read_write::<k::uffdio_api>(UFFDIO, 0x3F);

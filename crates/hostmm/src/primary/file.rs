@@ -15,9 +15,9 @@ use mmu_notifier::{Event, InvalidateGuard, Range};
 use rustix::fs::FallocateFlags;
 
 use crate::error::{sys, Error, Result};
-use crate::host::HostMm;
-use crate::maps;
-use crate::va::{page_size, VaRange};
+use crate::primary::host::HostMm;
+use crate::sys::maps;
+use crate::sys::va::{page_size, VaRange};
 
 impl HostMm {
     /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of `[offset, offset + len)` of `fd`, inside a `Clear`

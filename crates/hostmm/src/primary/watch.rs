@@ -31,9 +31,9 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::primitive::lock;
-use crate::ranges::{RangeCounts, RangeSet};
-use crate::uffd::{RegisterMode, Userfaultfd};
-use crate::va::VaRange;
+use crate::sys::ranges::{RangeCounts, RangeSet};
+use crate::sys::uffd::{RegisterMode, Userfaultfd};
+use crate::sys::va::VaRange;
 
 /// How often a watch registers again when verification finds the range changed meanwhile.
 const VERIFY_TRIES: u32 = 3;
@@ -221,8 +221,8 @@ impl UnmapQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::Mapping;
-    use crate::uffd::CreateSeam;
+    use crate::primary::mapping::Mapping;
+    use crate::sys::uffd::CreateSeam;
 
     /// Reports `extent` as mapped and only `shown` as registered afterwards, as smaps would
     /// when a page was replaced while the register ran.
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_registration_smaps_does_not_confirm_is_never_trusted() {
-        let page = crate::va::page_size();
+        let page = crate::sys::va::page_size();
         let m = Mapping::anonymous(4 * page).unwrap();
         // Declared after the mapping, so it is closed first: nobody reads its events, and an
         // unmap of memory it still had registered would wait for a reader forever.
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn overlapping_watches_unregister_only_with_the_last_holder() {
-        let page = crate::va::page_size();
+        let page = crate::sys::va::page_size();
         let m = Mapping::anonymous(4 * page).unwrap();
         // Declared after the mapping, so it is closed first: nobody reads its events, and an
         // unmap of memory it still had registered would wait for a reader forever.

@@ -1,38 +1,8 @@
 //! Which mappings cover a range, what kind they are, and whether userfaultfd really registered
 //! them: `/proc/self/maps` before registering, `/proc/self/smaps` (`VmFlags`) after.
 
-use crate::error::{Error, Result};
-use crate::va::{page_size, VaRange};
-
-/// What backs a mapping, as far as an invalidation source can tell.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum MappingKind {
-    /// Private anonymous memory (`mmap(MAP_PRIVATE | MAP_ANONYMOUS)`, `[heap]`, `[stack]`):
-    /// its pages change only through this address space.
-    PrivateAnonymous,
-    /// A private mapping of a file: truncating the file zaps even its copied-on-write pages
-    /// (`unmap_mapping_range(..., even_cows = 1)` from `truncate_pagecache`), with no event on
-    /// this mapping.
-    PrivateFile,
-    /// A shared mapping (shmem, memfd, `MAP_SHARED` file, System V shm): its pages are freed
-    /// through the file (`fallocate(PUNCH_HOLE)`, `ftruncate`, `MADV_REMOVE` through another
-    /// mapping) with no event on this mapping.
-    Shared,
-    /// `[vsyscall]`, `[vvar]`, `[vdso]`, `[uprobes]`: userfaultfd cannot take them.
-    Special,
-}
-
-impl MappingKind {
-    /// A short name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            MappingKind::PrivateAnonymous => "private anonymous",
-            MappingKind::PrivateFile => "private file-backed",
-            MappingKind::Shared => "shared (shmem, memfd or MAP_SHARED file)",
-            MappingKind::Special => "special kernel",
-        }
-    }
-}
+use crate::error::{Error, MappingKind, Result};
+use crate::sys::va::{page_size, VaRange};
 
 /// One line of `/proc/self/maps`, reduced to what registration needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,14 +133,17 @@ pub fn registered_parts(entries: &[MapEntry], within: VaRange) -> Vec<VaRange> {
 }
 
 /// Reads `/proc/self/smaps` and returns what of `within` is registered in `mode`.
-pub fn registered_now(within: VaRange, mode: crate::uffd::RegisterMode) -> Result<Vec<VaRange>> {
+pub fn registered_now(
+    within: VaRange,
+    mode: crate::sys::uffd::RegisterMode,
+) -> Result<Vec<VaRange>> {
     let text = std::fs::read_to_string("/proc/self/smaps").map_err(|source| Error::Io {
         what: "reading /proc/self/smaps",
         source,
     })?;
     let flag = match mode {
-        crate::uffd::RegisterMode::WriteProtect => "uw",
-        crate::uffd::RegisterMode::Missing => "um",
+        crate::sys::uffd::RegisterMode::WriteProtect => "uw",
+        crate::sys::uffd::RegisterMode::Missing => "um",
     };
     Ok(registered_parts(&parse_smaps(&text, flag), within))
 }

@@ -3,8 +3,8 @@
 use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::error::{sys, Result};
-use crate::host::HostMm;
-use crate::va::VaRange;
+use crate::primary::host::HostMm;
+use crate::sys::va::VaRange;
 
 /// Private anonymous read/write memory, unmapped on drop (with a plain `munmap`).
 #[derive(Debug)]
@@ -48,7 +48,7 @@ impl Mapping {
             // Pre-4.17 kernels treat the flag as a hint.
             // SAFETY: `p` is the mapping just created, referenced by nothing.
             let _ = unsafe { rustix::mm::munmap(p, r.len_usize()) };
-            return Err(crate::Error::Sys {
+            return Err(crate::error::Error::Sys {
                 call: "mmap(MAP_FIXED_NOREPLACE)",
                 errno: rustix::io::Errno::EXIST,
             });

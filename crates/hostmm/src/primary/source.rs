@@ -1,8 +1,8 @@
 //! Choosing an invalidation source, with the documented fallback.
 
 use crate::error::{Error, Result};
-use crate::host::HostMm;
-use crate::monitor::{MonitorConfig, UffdMonitor};
+use crate::primary::host::HostMm;
+use crate::primary::monitor::{MonitorConfig, UffdMonitor};
 
 /// Where a cache's invalidations come from.
 #[derive(Clone, Debug)]
@@ -28,7 +28,7 @@ impl Source {
         }
     }
 
-    /// The monitor to put into [`CacheConfig::monitor`](crate::CacheConfig::monitor).
+    /// The monitor to put into `CacheConfig::monitor` (the cache layer above).
     pub fn monitor(&self) -> Option<UffdMonitor> {
         match self {
             Source::Uffd(m) => Some(m.clone()),
