@@ -3,6 +3,7 @@
 # command), each C program with one cc command through pkg-config, then the runs:
 #   - examples/c/race.c with the uffd and the bracketed source: stale=0, no leak;
 #   - the broken variant (bracketed source, plain mremap) must report stale lookups;
+#   - the libfabric import monitor test (examples/c/libfabric_monitor.c) with both sources.
 # Bounded: about 30 s on two cores. MMN_RACE_ROUNDS sets the rounds per source.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,3 +38,24 @@ if broken=$("$out/race" bracketed 200 --unbracketed 2>/dev/null); then
 fi
 echo "broken variant caught: $broken"
 
+
+# The libfabric import monitor (crates/hostmm-c/c/mmn_fabric.c) against the distribution's
+# libfabric: the import, notify for every invalidation of a subscribed range, and which
+# providers drive libfabric's registration cache here.
+if pkg-config --exists libfabric; then
+    cc -std=c11 -Wall -Wextra -Werror -O2 -Icrates/hostmm-c/c \
+        crates/hostmm-c/c/mmn_fabric.c examples/c/libfabric_monitor.c \
+        $(pkg-config --cflags --libs mmnotify libfabric) -pthread -o "$out/libfabric_monitor"
+    for source in uffd bracketed; do
+        if [ "$source" = uffd ] && grep -q "userfaultfd" "$out/uffd-probe.err" 2>/dev/null; then
+            continue
+        fi
+        "$out/libfabric_monitor" "$source"
+    done
+else
+    echo "libfabric_monitor: skipped, libfabric-dev is not installed" >&2
+    if [ -n "${CI:-}" ]; then
+        echo "CI installs libfabric-dev (.ci/run): it is missing" >&2
+        exit 1
+    fi
+fi
