@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # The C side of libmmnotify, as a C user builds it: the library and its mmnotify.pc (one cargo
 # command), each C program with one cc command through pkg-config, then the runs:
+#   - examples/c/hello.c, the README's example, built with the README's two commands;
 #   - examples/c/race.c with the uffd and the bracketed source: stale=0, no leak;
 #   - the broken variant (bracketed source, plain mremap) must report stale lookups;
 #   - the libfabric import monitor test (examples/c/libfabric_monitor.c) with both sources.
-# Bounded: about 30 s on two cores. MMN_RACE_ROUNDS sets the rounds per source.
+# Bounded: about a minute on two cores (most of it the release build). MMN_RACE_ROUNDS sets the rounds per source.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 rounds=${MMN_RACE_ROUNDS:-2000}
 target=${CARGO_TARGET_DIR:-target}
-# The debug build `cargo test --workspace` already made (a C user would add --release).
-cargo build -p hostmm-c
-libdir="$target/debug"
+# The README's two commands, verbatim but for the example's path.
+cargo build --release -p hostmm-c
+libdir="$target/release"
 export PKG_CONFIG_PATH="$libdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 out="$target/c-examples"
 mkdir -p "$out"
+cc examples/c/hello.c $(PKG_CONFIG_PATH="$libdir" pkg-config --cflags --libs mmnotify) -o "$out/hello"
+"$out/hello"
 
 cc -std=c11 -Wall -Wextra -Werror -O2 examples/c/race.c \
     $(pkg-config --cflags --libs mmnotify) -pthread -o "$out/race"
