@@ -266,13 +266,8 @@ pub unsafe extern "C" fn mmn_cache_create(
 /// `c` is NULL or a live cache handle; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_cache_destroy(c: *mut Cache) -> c_int {
-    guard(|| {
-        if !c.is_null() {
-            // SAFETY: from Box::into_raw in mmn_cache_create, destroyed once.
-            drop(unsafe { Box::from_raw(c) });
-        }
-        Ok(())
-    })
+    // SAFETY: `c` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(c) }
 }
 
 /// The registration covering `[addr, addr + len)` (widened to whole pages): from the cache,
@@ -323,13 +318,8 @@ pub unsafe extern "C" fn mmn_cache_get(
 /// `reg` is NULL or a live `mmn_reg`; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_cache_put(reg: *mut Reg) -> c_int {
-    guard(|| {
-        if !reg.is_null() {
-            // SAFETY: from Box::into_raw in mmn_cache_get, put once.
-            drop(unsafe { Box::from_raw(reg) });
-        }
-        Ok(())
-    })
+    // SAFETY: `reg` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(reg) }
 }
 
 /// The registrar's handle of `reg`, its page-aligned range, and whether it is still valid

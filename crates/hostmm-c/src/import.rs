@@ -73,13 +73,8 @@ pub unsafe extern "C" fn mmn_importer_create(m: *const Monitor, out: *mut *mut I
 /// `imp` is NULL or a live importer handle; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_importer_destroy(imp: *mut Importer) -> c_int {
-    guard(|| {
-        if !imp.is_null() {
-            // SAFETY: from Box::into_raw in mmn_importer_create, destroyed once.
-            drop(unsafe { Box::from_raw(imp) });
-        }
-        Ok(())
-    })
+    // SAFETY: `imp` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(imp) }
 }
 
 /// Reports a change that has already happened to `[addr, addr + len)` (widened to whole

@@ -97,13 +97,8 @@ pub unsafe extern "C" fn mmn_monitor_create(source: c_int, out: *mut *mut Monito
 /// `m` is NULL or a handle from `mmn_monitor_create` not yet destroyed; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_monitor_destroy(m: *mut Monitor) -> c_int {
-    guard(|| {
-        if !m.is_null() {
-            // SAFETY: `m` came from Box::into_raw in mmn_monitor_create and is destroyed once.
-            drop(unsafe { Box::from_raw(m) });
-        }
-        Ok(())
-    })
+    // SAFETY: `m` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(m) }
 }
 
 /// The source in use: `MMN_SOURCE_UFFD` or `MMN_SOURCE_BRACKETED` (never `MMN_SOURCE_AUTO`),

@@ -260,6 +260,20 @@ pub(crate) unsafe fn deref<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fail
     unsafe { p.as_ref() }.ok_or_else(|| Fail::null(what))
 }
 
+/// Frees a handle made by `Box::into_raw` (the body of every `*_destroy`); NULL is ignored.
+///
+/// # Safety
+/// `p` is NULL or came from `Box::into_raw` of a `T` and is freed once.
+pub(crate) unsafe fn destroy<T>(p: *mut T) -> c_int {
+    guard(|| {
+        if !p.is_null() {
+            // SAFETY: from Box::into_raw, freed once, by the caller's contract.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        Ok(())
+    })
+}
+
 /// Writes `v` to the out-parameter `out`, or fails if it is NULL.
 ///
 /// # Safety

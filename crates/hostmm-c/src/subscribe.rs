@@ -158,13 +158,8 @@ pub unsafe extern "C" fn mmn_subscribe_all(
 /// `s` is NULL or a live subscription; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_unsubscribe(s: *mut Subscription) -> c_int {
-    guard(|| {
-        if !s.is_null() {
-            // SAFETY: from Box::into_raw in mmn_subscribe*, ended once.
-            drop(unsafe { Box::from_raw(s) });
-        }
-        Ok(())
-    })
+    // SAFETY: `s` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(s) }
 }
 
 /// Under the uffd source, registers the whole mappings under `[addr, addr + len)` with
@@ -208,11 +203,6 @@ pub unsafe extern "C" fn mmn_watch(
 /// `w` is NULL or a live watch; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn mmn_unwatch(w: *mut Watch) -> c_int {
-    guard(|| {
-        if !w.is_null() {
-            // SAFETY: from Box::into_raw in mmn_watch, dropped once.
-            drop(unsafe { Box::from_raw(w) });
-        }
-        Ok(())
-    })
+    // SAFETY: `w` is NULL or a live handle from its create function, by the contract.
+    unsafe { crate::status::destroy(w) }
 }

@@ -623,3 +623,80 @@ fn a_refused_userfaultfd_falls_back_with_the_reason_or_fails_when_uffd_was_requi
     .join()
     .unwrap();
 }
+
+#[test]
+fn a_registration_held_past_the_cache_is_deregistered_at_its_put() {
+    let m = monitor(MMN_SOURCE_BRACKETED);
+    let c = Counting::default();
+    let mem = Mem::new(page());
+    // SAFETY: valid handles and out-pointers.
+    unsafe {
+        let mut cache = null_mut();
+        assert_eq!(
+            mmn_cache_create(m, &registrar(&c, true), null(), &mut cache),
+            MMN_OK
+        );
+        let mut reg = null_mut();
+        let mut h = 0usize;
+        assert_eq!(
+            mmn_cache_get(cache, mem.0, page(), &mut reg, &mut h),
+            MMN_OK
+        );
+        assert_eq!(mmn_cache_destroy(cache), MMN_OK);
+        assert_eq!(
+            c.deregistered.load(Ordering::SeqCst),
+            0,
+            "still held by an mmn_reg"
+        );
+        let mut h2 = 0usize;
+        assert_eq!(
+            mmn_reg_info(reg, &mut h2, null_mut(), null_mut(), null_mut()),
+            MMN_OK
+        );
+        assert_eq!(h2, h, "the handle stays readable until the put");
+        assert_eq!(mmn_cache_put(reg), MMN_OK);
+        assert_eq!(c.deregistered.load(Ordering::SeqCst), 1);
+        assert_eq!(mmn_monitor_destroy(m), MMN_OK);
+    }
+}
+
+#[test]
+fn bracketed_mremap_invalidates_the_old_range_and_returns_the_new_address() {
+    let m = monitor(MMN_SOURCE_BRACKETED);
+    let c = Counting::default();
+    let (src, dst) = (Mem::new(page()), Mem::new(page()));
+    // SAFETY: valid handles and out-pointers; the moved-from range is not used after.
+    unsafe {
+        // A watch under the bracketed source watches nothing and succeeds.
+        let mut w = null_mut();
+        assert_eq!(mmn_watch(m, src.0, page(), &mut w), MMN_OK);
+        assert_eq!(mmn_unwatch(w), MMN_OK);
+        let mut cache = null_mut();
+        assert_eq!(
+            mmn_cache_create(m, &registrar(&c, false), null(), &mut cache),
+            MMN_OK
+        );
+        let mut reg = null_mut();
+        assert_eq!(
+            mmn_cache_get(cache, src.0, page(), &mut reg, null_mut()),
+            MMN_OK
+        );
+        let mut to = null_mut();
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        assert_eq!(
+            mmn_mremap(m, src.0, page(), page(), flags, dst.0, &mut to),
+            MMN_OK
+        );
+        assert_eq!(to, dst.0);
+        let mut v = -1;
+        assert_eq!(
+            mmn_reg_info(reg, null_mut(), null_mut(), null_mut(), &mut v),
+            MMN_OK
+        );
+        assert_eq!(v, 0, "the move invalidated the old range");
+        assert_eq!(mmn_cache_put(reg), MMN_OK);
+        assert_eq!(mmn_cache_destroy(cache), MMN_OK);
+        assert_eq!(mmn_monitor_destroy(m), MMN_OK);
+    }
+    std::mem::forget(src);
+}
