@@ -34,9 +34,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use mmu_notifier::{Event, Range};
+use sync_prims::lock;
 use vmsim::{HmmPfn, Pfn, Space};
 
 /// Invalidations kept per driver for violation reports.
@@ -282,11 +283,9 @@ struct Shared {
     stamp: AtomicU64,
 }
 
-// The checker's own locks are std locks, outside the validator: it is instrumentation, not part
-// of the modelled kernel, and must add no dependency to what the validator sees.
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The checker's own locks are std locks (taken ignoring poisoning with `lock`), outside the
+// validator: it is instrumentation, not part of the modelled kernel, and must add no dependency
+// to what the validator sees.
 
 /// The checker: one per test or scenario, shared by every driver in it. Cloning gives another
 /// handle to the same checker.
@@ -296,8 +295,8 @@ pub struct Checker(Arc<Shared>);
 impl fmt::Debug for Checker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Checker")
-            .field("drivers", &locked(&self.0.drivers).len())
-            .field("violations", &locked(&self.0.violations).len())
+            .field("drivers", &lock(&self.0.drivers).len())
+            .field("violations", &lock(&self.0.violations).len())
             .finish()
     }
 }
@@ -317,7 +316,7 @@ impl Checker {
             accesses: AtomicU64::new(0),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
         });
-        locked(&self.0.drivers).push(state.clone());
+        lock(&self.0.drivers).push(state.clone());
         Tracker {
             shared: self.0.clone(),
             state,
@@ -326,17 +325,17 @@ impl Checker {
 
     /// The violations found so far (kept).
     pub fn violations(&self) -> Vec<Violation> {
-        locked(&self.0.violations).clone()
+        lock(&self.0.violations).clone()
     }
 
     /// The violations found so far, taken out of the checker.
     pub fn take_violations(&self) -> Vec<Violation> {
-        std::mem::take(&mut *locked(&self.0.violations))
+        std::mem::take(&mut *lock(&self.0.violations))
     }
 
     /// Subscribers whose pairing count is not zero now.
     pub fn unbalanced(&self) -> Vec<Unbalanced> {
-        locked(&self.0.drivers)
+        lock(&self.0.drivers)
             .iter()
             .filter_map(|d| {
                 let n = d.outstanding.load(Ordering::Acquire);
@@ -350,7 +349,7 @@ impl Checker {
 
     /// Device accesses checked so far, all drivers.
     pub fn accesses(&self) -> u64 {
-        locked(&self.0.drivers)
+        lock(&self.0.drivers)
             .iter()
             .map(|d| d.accesses.load(Ordering::Relaxed))
             .sum()
@@ -367,7 +366,7 @@ impl Checker {
                 unbalanced,
             });
         }
-        let drivers = locked(&self.0.drivers);
+        let drivers = lock(&self.0.drivers);
         Ok(Summary {
             accesses: drivers
                 .iter()
@@ -416,7 +415,7 @@ impl Tracker {
 
     fn record(&self, callback: Callback, event: Event, start: u64, end: u64, blockable: bool) {
         let stamp = self.shared.stamp.fetch_add(1, Ordering::AcqRel);
-        let mut h = locked(&self.state.history);
+        let mut h = lock(&self.state.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
@@ -514,7 +513,7 @@ impl Tracker {
         access: Access,
         stale: Stale,
     ) -> bool {
-        let recent: Vec<InvalidationRecord> = locked(&self.state.history).iter().copied().collect();
+        let recent: Vec<InvalidationRecord> = lock(&self.state.history).iter().copied().collect();
         let should = recent
             .iter()
             .rev()
@@ -531,7 +530,7 @@ impl Tracker {
             recent,
         };
         eprintln!("{v}");
-        locked(&self.shared.violations).push(v);
+        lock(&self.shared.violations).push(v);
         false
     }
 }

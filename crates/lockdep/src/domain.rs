@@ -92,7 +92,7 @@ impl Domain {
             let mut used = l.chains_used;
             self.chains.insert(key, &mut used);
             l.chains_used = used;
-            crate::primitive::spin_yield(0);
+            crate::primitive::spin(0);
         }
         let r = validate(&mut l.graph);
         let mut used = l.chains_used;

@@ -12,7 +12,7 @@ use std::panic::Location;
 
 use crate::class::LockClass;
 use crate::primitive::{
-    spin_yield, RawMutex, RawMutexGuard, RawRwLock, RawRwLockReadGuard, RawRwLockWriteGuard,
+    spin, RawMutex, RawMutexGuard, RawRwLock, RawRwLockReadGuard, RawRwLockWriteGuard,
 };
 use crate::validator::{self, Held, How};
 use crate::Read;
@@ -108,7 +108,7 @@ impl Backend for SpinBackend {
             if let Some(g) = raw.try_lock() {
                 return g;
             }
-            spin_yield(spins);
+            spin(spins);
             spins = spins.saturating_add(1);
         }
     }

@@ -1,4 +1,5 @@
-//! The one place that picks synchronization primitives.
+//! The one place in this crate that picks synchronization primitives (atomics, the spin step and
+//! the model checker come from `sync-prims`, the workspace's switch).
 //!
 //! Normal builds use `parking_lot` locks and `core` atomics. Under `--cfg loom` the same
 //! names resolve to loom's modelled types, so the model tests in `tests/loom_*.rs` exercise
@@ -9,12 +10,8 @@
 //! The task state (`task.rs`) and the allocation scopes (`gfp.rs`) follow: a task local of
 //! the model checker's, so each model thread is a task of its own.
 
-#[cfg(all(not(any(loom, shuttle)), feature = "enabled"))]
-pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
-#[cfg(all(loom, feature = "enabled"))]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
-#[cfg(all(shuttle, not(loom), feature = "enabled"))]
-pub(crate) use shuttle::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "enabled")]
+pub(crate) use sync_prims::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(not(any(loom, shuttle)))]
 pub(crate) use parking_lot::{
@@ -25,37 +22,13 @@ pub(crate) use parking_lot::{
 #[cfg(any(loom, shuttle))]
 pub(crate) use self::model_shim::*;
 
-/// The model checker in use, if any.
-#[cfg(loom)]
-use loom as model;
-#[cfg(all(shuttle, not(loom)))]
-use shuttle as model;
-
-/// Yield the processor inside a spin loop.
-#[inline]
-pub(crate) fn spin_yield(spins: u32) {
-    #[cfg(any(loom, shuttle))]
-    {
-        let _ = spins;
-        model::thread::yield_now();
-    }
-    #[cfg(not(any(loom, shuttle)))]
-    {
-        if spins < 64 {
-            core::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
-}
+/// One step of a bounded spin (a yield to the model checker under loom or shuttle).
+pub(crate) use sync_prims::spin;
 
 /// The current thread's name, for reports.
 #[cfg(feature = "enabled")]
 pub(crate) fn current_thread_name() -> String {
-    #[cfg(any(loom, shuttle))]
-    let t = model::thread::current();
-    #[cfg(not(any(loom, shuttle)))]
-    let t = std::thread::current();
+    let t = sync_prims::thread::current();
     match t.name() {
         Some(n) => n.to_owned(),
         None => format!("{:?}", t.id()),
@@ -66,50 +39,48 @@ pub(crate) fn current_thread_name() -> String {
 mod model_shim {
     //! parking_lot-shaped wrappers over the model checker's std-shaped locks (no poisoning,
     //! `Option` try).
-    use std::sync::PoisonError;
+    use sync_prims::{sync as model, unpoison};
 
-    use super::model;
-
-    pub(crate) type RawMutexGuard<'a, T> = model::sync::MutexGuard<'a, T>;
-    pub(crate) type RawRwLockReadGuard<'a, T> = model::sync::RwLockReadGuard<'a, T>;
-    pub(crate) type RawRwLockWriteGuard<'a, T> = model::sync::RwLockWriteGuard<'a, T>;
+    pub(crate) type RawMutexGuard<'a, T> = model::MutexGuard<'a, T>;
+    pub(crate) type RawRwLockReadGuard<'a, T> = model::RwLockReadGuard<'a, T>;
+    pub(crate) type RawRwLockWriteGuard<'a, T> = model::RwLockWriteGuard<'a, T>;
 
     #[derive(Debug)]
-    pub struct RawMutex<T>(pub(super) model::sync::Mutex<T>);
+    pub struct RawMutex<T>(pub(super) model::Mutex<T>);
 
     impl<T> RawMutex<T> {
         pub(crate) fn new(t: T) -> Self {
-            Self(model::sync::Mutex::new(t))
+            Self(model::Mutex::new(t))
         }
         pub(crate) fn lock(&self) -> RawMutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.lock())
         }
         pub(crate) fn try_lock(&self) -> Option<RawMutexGuard<'_, T>> {
             self.0.try_lock().ok()
         }
         pub(crate) fn into_inner(self) -> T {
-            self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.into_inner())
         }
         pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.get_mut())
         }
     }
 
     #[derive(Debug)]
-    pub struct RawRwLock<T>(model::sync::RwLock<T>);
+    pub struct RawRwLock<T>(model::RwLock<T>);
 
     impl<T> RawRwLock<T> {
         pub(crate) fn new(t: T) -> Self {
-            Self(model::sync::RwLock::new(t))
+            Self(model::RwLock::new(t))
         }
         pub(crate) fn read(&self) -> RawRwLockReadGuard<'_, T> {
-            self.0.read().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.read())
         }
         pub(crate) fn read_recursive(&self) -> RawRwLockReadGuard<'_, T> {
             self.read()
         }
         pub(crate) fn write(&self) -> RawRwLockWriteGuard<'_, T> {
-            self.0.write().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.write())
         }
         pub(crate) fn try_read(&self) -> Option<RawRwLockReadGuard<'_, T>> {
             self.0.try_read().ok()
@@ -121,10 +92,10 @@ mod model_shim {
             self.0.try_write().ok()
         }
         pub(crate) fn into_inner(self) -> T {
-            self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.into_inner())
         }
         pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+            unpoison(self.0.get_mut())
         }
     }
 }
@@ -134,7 +105,7 @@ mod model_shim {
 #[derive(Debug, Default)]
 pub(crate) struct RawCondvar(
     #[cfg(not(any(loom, shuttle)))] parking_lot::Condvar,
-    #[cfg(any(loom, shuttle))] model::sync::Condvar,
+    #[cfg(any(loom, shuttle))] sync_prims::sync::Condvar,
 );
 
 impl RawCondvar {
@@ -142,7 +113,7 @@ impl RawCondvar {
         #[cfg(not(any(loom, shuttle)))]
         return Self(parking_lot::Condvar::new());
         #[cfg(any(loom, shuttle))]
-        return Self(model::sync::Condvar::new());
+        return Self(sync_prims::sync::Condvar::new());
     }
 
     pub(crate) fn wait<'a, T>(&self, guard: RawMutexGuard<'a, T>) -> RawMutexGuard<'a, T> {
@@ -153,11 +124,7 @@ impl RawCondvar {
             guard
         }
         #[cfg(any(loom, shuttle))]
-        {
-            self.0
-                .wait(guard)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
+        sync_prims::wait(&self.0, guard)
     }
 
     pub(crate) fn notify_all(&self) {

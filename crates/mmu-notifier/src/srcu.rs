@@ -50,7 +50,7 @@
 
 use crate::annotate;
 use crate::primitive::{
-    lock, spin_hint, wait, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering::SeqCst,
+    lock, spin, thread_stripe, wait, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering::SeqCst,
 };
 
 /// The read side of one dispatch: which counter to decrement (stripe × 2 + index), and the
@@ -81,30 +81,11 @@ const STRIPES: usize = 1;
 #[repr(align(128))]
 struct Stripe([AtomicUsize; 2]);
 
-/// This thread's stripe (under shuttle: always the first, since shuttle's threads may share
-/// one OS thread and its thread-locals).
-#[cfg(not(any(loom, shuttle)))]
+/// This thread's stripe (under a model checker always the first: see
+/// [`sync_prims::thread_stripe`]).
 #[inline]
 fn my_stripe() -> usize {
-    use std::cell::Cell;
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    std::thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|c| {
-        let s = c.get();
-        if s != usize::MAX {
-            return s;
-        }
-        let s = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES;
-        c.set(s);
-        s
-    })
-}
-
-#[cfg(any(loom, shuttle))]
-fn my_stripe() -> usize {
-    0
+    thread_stripe(STRIPES)
 }
 
 pub(crate) struct Srcu {
@@ -203,14 +184,14 @@ impl Srcu {
         // Spin briefly before sleeping; under the model checker every spin is a branch point, so
         // check once and go to the condition variable.
         #[cfg(loom)]
-        const SPINS: usize = 1;
+        const SPINS: u32 = 1;
         #[cfg(not(loom))]
-        const SPINS: usize = 64;
-        for _ in 0..SPINS {
+        const SPINS: u32 = 64;
+        for step in 0..SPINS {
             if self.readers(i) == 0 {
                 return;
             }
-            spin_hint();
+            spin(step);
         }
         let mut g = lock(&self.wake_lock);
         self.waiting.store(true, SeqCst);

@@ -6,8 +6,9 @@
 //! write-locks all slots in index order. Writers are rare and short; readers scale.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+
+use crate::primitive::{thread_stripe, unpoison};
 
 /// Number of reader slots.
 pub const SLOTS: usize = 8;
@@ -44,20 +45,7 @@ pub struct WriteGuard<'a, T> {
 /// This thread's slot index, assigned round-robin on first use.
 #[inline]
 pub fn my_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    // A `const` initialiser with a sentinel: no lazy-initialisation check on the hit path.
-    thread_local! {
-        static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-    }
-    SLOT.with(|c| {
-        let s = c.get();
-        if s != usize::MAX {
-            return s;
-        }
-        let s = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-        c.set(s);
-        s
-    })
+    thread_stripe(SLOTS)
 }
 
 impl<T> BrLock<T> {
@@ -73,7 +61,7 @@ impl<T> BrLock<T> {
     #[inline]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let slot = my_slot();
-        let g = self.slots[slot].0.read().unwrap_or_else(|e| e.into_inner());
+        let g = unpoison(self.slots[slot].0.read());
         ReadGuard {
             lock: self,
             slot,
@@ -83,9 +71,7 @@ impl<T> BrLock<T> {
 
     /// Exclusive access. Does not allocate (safe on the monitor thread).
     pub fn write(&self) -> WriteGuard<'_, T> {
-        let slots = core::array::from_fn(|i| {
-            Some(self.slots[i].0.write().unwrap_or_else(|e| e.into_inner()))
-        });
+        let slots = core::array::from_fn(|i| Some(unpoison(self.slots[i].0.write())));
         WriteGuard {
             lock: self,
             _slots: slots,

@@ -26,9 +26,7 @@
 //! something the monitor needs. The fast path is one load of a counter that is zero whenever no
 //! window is open.
 
-use crate::primitive::{
-    model_lock as lock, spin_step, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering,
-};
+use crate::primitive::{lock, spin, wait, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use std::sync::Arc;
 
 /// How many sources may hold a slot at once.
@@ -132,12 +130,12 @@ impl PendingGate {
             if done(&snap) {
                 return;
             }
-            spin_step(i);
+            spin(i);
         }
         g.sleepers.fetch_add(1, Ordering::SeqCst);
         let mut guard = lock(&g.wake_lock);
         while !done(&snap) {
-            guard = g.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            guard = wait(&g.wake, guard);
         }
         drop(guard);
         g.sleepers.fetch_sub(1, Ordering::SeqCst);
