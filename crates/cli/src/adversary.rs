@@ -14,6 +14,14 @@
 //! `frame != published frame && generation <= published generation`; without them,
 //! `generation < published generation`. A change completed before the lookup began is in the
 //! snapshot, so a stale result is exactly a broken promise.
+//!
+//! # Backings
+//!
+//! The anonymous patterns change a private anonymous arena. The file patterns (`punch-hole`,
+//! `truncate`, `remove`) change a memfd mapped twice: the cache and the lookers use one mapping,
+//! `remove` goes through the other, and every change frees the file's pages in both
+//! (`adversary_file.rs`). `brk` moves the program break over an arena at the top of `[heap]`, in
+//! a child process whose allocator is kept off the break (`adversary_brk.rs`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -27,10 +35,12 @@ use hostmm::{
     Registrar, RegistrarError, UffdMonitor, VaRange,
 };
 use rustix::mm::{Advice, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::{adversary_brk, adversary_file};
 
 /// One way of changing the address space under the cache.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Pattern {
     /// munmap a random sub-range (often part of a cached range), then map it again.
@@ -45,17 +55,55 @@ pub(crate) enum Pattern {
     ForkWrite,
     /// mprotect(PROT_NONE) and back: must invalidate nothing and leave nothing stale.
     Mprotect,
+    /// Shrink the program break into the arena, then grow it back (a child process; uffd only:
+    /// there is no bracketed brk wrapper).
+    Brk,
+    /// fallocate(PUNCH_HOLE) of a random file range of a memfd mapped twice (bracketed only).
+    PunchHole,
+    /// ftruncate the memfd into the arena, then back to its size (bracketed only).
+    Truncate,
+    /// madvise(MADV_REMOVE) through the memfd's *other* mapping (bracketed only).
+    Remove,
 }
 
 impl Pattern {
-    pub(crate) const ALL: [Pattern; 6] = [
+    pub(crate) const ALL: [Pattern; 10] = [
         Pattern::UnmapMap,
         Pattern::MapFixed,
         Pattern::Mremap,
         Pattern::Dontneed,
         Pattern::ForkWrite,
         Pattern::Mprotect,
+        Pattern::Brk,
+        Pattern::PunchHole,
+        Pattern::Truncate,
+        Pattern::Remove,
     ];
+
+    /// Whether the pattern changes a memfd (a shared mapping) rather than anonymous memory.
+    pub(crate) fn is_file(self) -> bool {
+        matches!(
+            self,
+            Pattern::PunchHole | Pattern::Truncate | Pattern::Remove
+        )
+    }
+
+    /// Whether the source claims to cover the pattern (what `--pattern all` runs). The file
+    /// patterns under uffd are not: the cache refuses shared mappings there, which `run` shows
+    /// by asking it. brk under bracketed is not: nothing brackets the break.
+    pub(crate) fn covered_by(self, uffd: bool) -> bool {
+        match self {
+            Pattern::Brk => uffd,
+            p if p.is_file() => !uffd,
+            _ => true,
+        }
+    }
+
+    /// Whether a mutator's change runs from a random page to the end of the arena (the break
+    /// and the file size are single edges).
+    fn to_the_end(self) -> bool {
+        matches!(self, Pattern::Brk | Pattern::Truncate)
+    }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -65,16 +113,23 @@ impl Pattern {
             Pattern::Dontneed => "dontneed",
             Pattern::ForkWrite => "fork-write",
             Pattern::Mprotect => "mprotect",
+            Pattern::Brk => "brk",
+            Pattern::PunchHole => "punch-hole",
+            Pattern::Truncate => "truncate",
+            Pattern::Remove => "remove",
         }
     }
 }
 
 /// Parameters of one adversary run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Config {
     pub pattern: Pattern,
     /// uffd (plain system calls) or bracketed (the `HostMm` wrappers).
     pub uffd: bool,
+    /// Bracketed source, but every change made with the plain call the source cannot see: a
+    /// run that must report stale lookups (the check's teeth). Refused with uffd.
+    pub bypass: bool,
     pub mutators: usize,
     pub lookers: usize,
     /// Stop after this many mutator operations ...
@@ -89,10 +144,12 @@ pub(crate) struct Config {
 }
 
 /// What a run found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Report {
     pub pattern: Pattern,
-    pub source: &'static str,
+    pub source: String,
+    /// The changes bypassed the source (`Config::bypass`).
+    pub bypass: bool,
     pub mutators: usize,
     pub lookers: usize,
     /// Mutator operations made.
@@ -270,6 +327,17 @@ struct Arena {
     page: u64,
     recs: Vec<PageRec>,
     next_gen: AtomicU64,
+    backing: Backing,
+}
+
+/// What the arena is.
+enum Backing {
+    /// A private anonymous mapping (unmapped at the end of the run).
+    Anon,
+    /// A memfd mapped twice; the arena is its first mapping.
+    File(adversary_file::TwoMappings),
+    /// The top of `[heap]`, above the break the run began with.
+    Brk(adversary_brk::Break),
 }
 
 impl Arena {
@@ -311,6 +379,12 @@ fn mutate(
     let r = arena.range(first, n);
     let (addr, len) = (r.start(), r.len());
     beat.at(1);
+    // The break is one edge of the whole process: mutators take turns on it (before their
+    // pages, so the lock order is the same for all).
+    let _edge = match &arena.backing {
+        Backing::Brk(b) => Some(b.edge()),
+        _ => None,
+    };
     let _locks: Vec<_> = (first..first + n)
         .map(|p| {
             arena.recs[p as usize]
@@ -324,11 +398,13 @@ fn mutate(
     let rw = ProtFlags::READ | ProtFlags::WRITE;
     let mut refused = false;
     let mut renew_all = true;
+    // Under uffd, or to bypass the bracketed source: the plain system call.
+    let plain = cfg.uffd || cfg.bypass;
     // SAFETY (every call below): the arena is owned by this run; the range's pages are locked
     // by this mutator, and lookers reach them only through the cache and /proc/self/mem.
     match cfg.pattern {
         Pattern::UnmapMap => {
-            if cfg.uffd {
+            if plain {
                 sys(unsafe { rustix::mm::munmap(ptr, len as usize) }, "munmap")?;
             } else {
                 unsafe { host.munmap(addr, len) }?;
@@ -353,7 +429,7 @@ fn mutate(
             }
         }
         Pattern::MapFixed => {
-            if cfg.uffd {
+            if plain {
                 sys(
                     unsafe {
                         rustix::mm::mmap_anonymous(
@@ -376,7 +452,7 @@ fn mutate(
                 fresh.write_u64(i * arena.page, 0);
             }
             let from = fresh.into_raw();
-            if cfg.uffd {
+            if plain {
                 sys(
                     unsafe {
                         rustix::mm::mremap_fixed(
@@ -394,7 +470,7 @@ fn mutate(
             }
         }
         Pattern::Dontneed => {
-            let out = if cfg.uffd {
+            let out = if plain {
                 unsafe { rustix::mm::madvise(ptr, len as usize, Advice::LinuxDontNeed) }.map_err(
                     |e| hostmm::Error::Sys {
                         call: "madvise",
@@ -453,7 +529,7 @@ fn mutate(
                 MprotectFlags::empty(),
                 MprotectFlags::READ | MprotectFlags::WRITE,
             ] {
-                if cfg.uffd {
+                if plain {
                     sys(
                         unsafe { rustix::mm::mprotect(ptr, len as usize, prot) },
                         "mprotect",
@@ -463,6 +539,18 @@ fn mutate(
                 }
             }
             renew_all = false;
+        }
+        Pattern::Brk => {
+            let Backing::Brk(b) = &arena.backing else {
+                bail!("the brk pattern runs on the heap arena");
+            };
+            b.shrink_and_regrow(addr)?;
+        }
+        Pattern::PunchHole | Pattern::Truncate | Pattern::Remove => {
+            let Backing::File(f) = &arena.backing else {
+                bail!("the file patterns run on the memfd arena");
+            };
+            f.change(host, cfg.pattern, r, plain)?;
         }
     }
     if renew_all {
@@ -475,13 +563,31 @@ fn mutate(
     Ok(refused)
 }
 
-/// Runs one pattern. `tick` is called from the calling thread about every 100 ms with the ops
-/// done so far; a hang (no thread progresses for `cfg.hang`) prints where every thread is and
-/// exits the process with status 3.
-pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
+/// Runs one pattern (`brk` in a child process: `adversary_brk.rs`). `tick` is called from the
+/// calling thread about every 100 ms with the ops done so far; a hang (no thread progresses for
+/// `cfg.hang`) prints where every thread is and exits the process with status 3.
+pub(crate) fn run(cfg: &Config, tick: impl FnMut(u64)) -> Result<Report> {
     if cfg.mutators == 0 || cfg.lookers == 0 || cfg.pages == 0 || cfg.ops == 0 {
         bail!("the adversary needs at least one mutator, one looker, one page and one op");
     }
+    if cfg.bypass && cfg.uffd {
+        bail!("--bypass makes changes the bracketed source cannot see; uffd sees plain calls");
+    }
+    if cfg.pattern == Pattern::Brk && !cfg.uffd && !cfg.bypass {
+        bail!(
+            "brk is not covered by the bracketed source: nothing brackets the program break \
+             (there is no HostMm wrapper for brk/sbrk), so a shrink is never invalidated; use the \
+             uffd source (--bypass runs it anyway and must report stale lookups)"
+        );
+    }
+    if cfg.pattern == Pattern::Brk {
+        return adversary_brk::run_in_child(cfg);
+    }
+    run_here(cfg, tick)
+}
+
+/// Runs one pattern in this process (`run` has checked the configuration).
+pub(crate) fn run_here(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
     let host = HostMm::new();
     let monitor = if cfg.uffd {
         Some(UffdMonitor::start(&host, MonitorConfig::default())?)
@@ -517,14 +623,39 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
         },
     )?;
     let page = hostmm::page_size();
-    let base = Mapping::anonymous(cfg.pages * page)?.into_raw().start();
+    let len = cfg.pages * page;
+    let (base, backing) = match cfg.pattern {
+        Pattern::Brk => {
+            let b = adversary_brk::Break::new(len)?;
+            (b.base(), Backing::Brk(b))
+        }
+        p if p.is_file() => {
+            let f = adversary_file::TwoMappings::new(len)?;
+            (f.cached(), Backing::File(f))
+        }
+        _ => (Mapping::anonymous(len)?.into_raw().start(), Backing::Anon),
+    };
     let arena = Arena {
         base,
         pages: cfg.pages,
         page,
         recs: (0..cfg.pages).map(|_| PageRec::default()).collect(),
         next_gen: AtomicU64::new(1),
+        backing,
     };
+    if cfg.uffd && cfg.pattern.is_file() {
+        // Not covered: the cache itself must refuse the shared mapping.
+        return match cache.get(base, len) {
+            Err(e @ hostmm::Error::UncoveredMapping { .. }) => Err(anyhow::Error::new(e).context(
+                format!(
+                    "pattern {} is not covered by the uffd source: the cache refuses the memfd mapping",
+                    cfg.pattern.name()
+                ),
+            )),
+            Err(e) => Err(anyhow::Error::new(e).context("probing the memfd mapping under uffd")),
+            Ok(_) => bail!("the uffd source cached a shared mapping whose pages it cannot see change"),
+        };
+    }
     for p in 0..arena.pages {
         arena.renew(cache.registrar(), p);
     }
@@ -552,7 +683,10 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
                     if ops.fetch_add(1, Ordering::Relaxed) >= cfg.ops {
                         break;
                     }
-                    let (first, n) = rng.run(arena.pages);
+                    let (first, mut n) = rng.run(arena.pages);
+                    if cfg.pattern.to_the_end() {
+                        n = arena.pages - first;
+                    }
                     // A few microseconds between changes, so lookers register in between.
                     let spin = Instant::now();
                     let wait = Duration::from_nanos(rng.below(20_000));
@@ -695,11 +829,16 @@ pub(crate) fn run(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report> {
         counts.0.load(Ordering::Relaxed),
         counts.1.load(Ordering::Relaxed),
     );
-    // SAFETY: the arena is ours and every thread is done with it.
-    let _ = unsafe { rustix::mm::munmap(base as usize as *mut _, (cfg.pages * page) as usize) };
+    if let Backing::Anon = arena.backing {
+        // SAFETY: the arena is ours and every thread is done with it.
+        let _ = unsafe { rustix::mm::munmap(base as usize as *mut _, len as usize) };
+    }
+    // The other backings give their memory back when they drop.
+    drop(arena);
     Ok(Report {
         pattern: cfg.pattern,
-        source: if cfg.uffd { "uffd" } else { "bracketed" },
+        source: if cfg.uffd { "uffd" } else { "bracketed" }.into(),
+        bypass: cfg.bypass,
         mutators: cfg.mutators,
         lookers: cfg.lookers,
         ops: ops.load(Ordering::Relaxed).min(cfg.ops),

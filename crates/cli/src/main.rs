@@ -15,6 +15,8 @@ use serde::Serialize;
 use race_replace::{RaceConfig, RaceSource};
 
 mod adversary;
+mod adversary_brk;
+mod adversary_file;
 mod bench;
 mod race_replace;
 mod run;
@@ -93,7 +95,8 @@ struct RaceArgs {
     /// The change the cache races: `replace` (one mutator, one looker, whole-range munmap+mmap
     /// or mremap, checked after each round), or an adversary pattern run by --mutators x
     /// --lookers threads on overlapping ranges, each lookup checked: unmap-map, map-fixed,
-    /// mremap, dontneed, fork-write, mprotect, or `all` of them in turn.
+    /// mremap, dontneed, fork-write, mprotect, brk (uffd only; in a child process), punch-hole,
+    /// truncate, remove (memfd changes; bracketed only), or `all` that the source covers, in turn.
     #[arg(long, default_value = "replace", value_parser = parse_patterns)]
     pattern: Patterns,
     /// Adversary: mutator threads.
@@ -110,6 +113,10 @@ struct RaceArgs {
     /// thread is and exit with status 3.
     #[arg(long, default_value_t = 20)]
     hang_secs: u64,
+    /// Adversary, bracketed source: make every change with the plain system call, which the
+    /// source cannot see. Such a run must report stale lookups: it shows the check has teeth.
+    #[arg(long)]
+    bypass: bool,
 }
 
 /// Which patterns `race` runs.
@@ -119,12 +126,14 @@ enum Patterns {
     Replace,
     /// Adversary patterns, in turn.
     Adversary(Vec<adversary::Pattern>),
+    /// Every adversary pattern the source covers.
+    All,
 }
 
 fn parse_patterns(s: &str) -> std::result::Result<Patterns, String> {
     match s {
         "replace" => Ok(Patterns::Replace),
-        "all" => Ok(Patterns::Adversary(adversary::Pattern::ALL.to_vec())),
+        "all" => Ok(Patterns::All),
         other => <adversary::Pattern as ValueEnum>::from_str(other, false)
             .map(|p| Patterns::Adversary(vec![p]))
             .map_err(|_| {
@@ -241,8 +250,19 @@ fn race(args: RaceArgs) -> Result<()> {
             }
         }
     };
-    if let Patterns::Adversary(patterns) = &args.pattern {
-        return run_adversary(&args, patterns, source == RaceSource::Uffd, fallback_reason);
+    let uffd = source == RaceSource::Uffd;
+    match &args.pattern {
+        Patterns::Adversary(patterns) => {
+            return run_adversary(&args, patterns, uffd, fallback_reason)
+        }
+        Patterns::All => {
+            let covered: Vec<_> = adversary::Pattern::ALL
+                .into_iter()
+                .filter(|p| p.covered_by(uffd))
+                .collect();
+            return run_adversary(&args, &covered, uffd, fallback_reason);
+        }
+        Patterns::Replace => {}
     }
     let config = RaceConfig {
         rounds: args.rounds,
@@ -308,6 +328,7 @@ fn run_adversary(
         let cfg = adversary::Config {
             pattern,
             uffd,
+            bypass: args.bypass,
             mutators: args.mutators as usize,
             lookers: args.lookers as usize,
             ops: args.rounds,
@@ -443,6 +464,10 @@ fn bench_all(args: &BenchArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // The adversary's brk race re-runs this program as its child (adversary_brk.rs).
+    if let Some(cfg) = std::env::var_os(adversary_brk::CHILD_ENV) {
+        return adversary_brk::child_main(&cfg);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Tour(a) => tour::run(a),
