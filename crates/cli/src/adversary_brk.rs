@@ -126,7 +126,9 @@ pub(crate) fn run_in_child(cfg: &Config) -> Result<Report> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting the brk child")?;
-    let out = child.wait_with_output().context("waiting for the brk child")?;
+    let out = child
+        .wait_with_output()
+        .context("waiting for the brk child")?;
     match out.status.code() {
         Some(0) => serde_json::from_slice(&out.stdout).context("reading the brk child's report"),
         Some(3) => std::process::exit(3),
@@ -175,7 +177,11 @@ fn keep_malloc_off_the_break() -> Result<()> {
     };
     let kept: usize = std::thread::scope(|s| {
         let others: Vec<_> = (0..3).map(|_| s.spawn(burst)).collect();
-        burst() + others.into_iter().map(|t| t.join().unwrap_or(0)).sum::<usize>()
+        burst()
+            + others
+                .into_iter()
+                .map(|t| t.join().unwrap_or(0))
+                .sum::<usize>()
     });
     let after = brk_now();
     if after != before || kept != 4_000 {

@@ -38,7 +38,14 @@ fn file_patterns_are_refused_by_the_cache_under_uffd() {
 /// brk under bracketed: nothing brackets the break, so the adversary refuses to claim it.
 #[test]
 fn brk_is_refused_under_the_bracketed_source() {
-    let out = race(&["--pattern", "brk", "--source", "bracketed", "--rounds", "100"]);
+    let out = race(&[
+        "--pattern",
+        "brk",
+        "--source",
+        "bracketed",
+        "--rounds",
+        "100",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
