@@ -646,11 +646,12 @@ pub(crate) fn run_here(cfg: &Config, mut tick: impl FnMut(u64)) -> Result<Report
     if cfg.uffd && cfg.pattern.is_file() {
         // Not covered: the cache itself must refuse the shared mapping.
         return match cache.get(base, len) {
-            Err(e @ hostmm::Error::UncoveredMapping { .. }) => Err(anyhow::Error::new(e)
-                .context(format!(
+            Err(e @ hostmm::Error::UncoveredMapping { .. }) => {
+                Err(anyhow::Error::new(e).context(format!(
                 "pattern {} is not covered by the uffd source: the cache refuses the memfd mapping",
                 cfg.pattern.name()
-            ))),
+            )))
+            }
             Err(e) => Err(anyhow::Error::new(e).context("probing the memfd mapping under uffd")),
             Ok(_) => {
                 bail!("the uffd source cached a shared mapping whose pages it cannot see change")
