@@ -127,8 +127,9 @@ pub(crate) struct Config {
     pub pattern: Pattern,
     /// uffd (plain system calls) or bracketed (the `HostMm` wrappers).
     pub uffd: bool,
-    /// Bracketed source, but every change made with the plain call the source cannot see: a
-    /// run that must report stale lookups (the check's teeth). Refused with uffd.
+    /// Bracketed source, but every change made with the plain call the source cannot see
+    /// (`remove`: bracketing only the madvised mapping, `adversary_file.rs`): a run that must
+    /// report stale lookups (the check's teeth). Refused with uffd.
     pub bypass: bool,
     pub mutators: usize,
     pub lookers: usize,

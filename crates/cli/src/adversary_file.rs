@@ -5,12 +5,15 @@
 //! `fallocate(PUNCH_HOLE)` and `ftruncate` on the descriptor, and `madvise(MADV_REMOVE)` through
 //! the *second* mapping — so no change is ever made through the range the cache holds. Under
 //! the bracketed source each goes through its `HostMm` wrapper, which invalidates every mapping
-//! of the file range in the process; with `plain` the bare call, which nothing sees.
+//! of the file range in the process; with `plain` the bare call, which nothing sees — except
+//! `MADV_REMOVE`, which then gets a window over the range it is called on only (the wrapper as
+//! it was before issue 9), so its run shows that the *other* mappings must be invalidated.
 
 use std::os::fd::OwnedFd;
 
 use anyhow::{bail, Context, Result};
 use hostmm::{HostMm, VaRange};
+use mmu_notifier::{Event, Range};
 use rustix::fs::{FallocateFlags, MemfdFlags};
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
@@ -101,6 +104,14 @@ impl TwoMappings {
                 unsafe { host.madvise(self.other + off, r.len(), Advice::LinuxRemove) }?
             }
             (Pattern::Remove, true) => {
+                // The wrapper as it was before issue 9: a window over the madvised range only,
+                // none over the other mappings of the file (here: the cached one).
+                let other = VaRange::new(self.other + off, r.len())?;
+                let _window = host.mm().invalidate_range_start(Range::new(
+                    other.start(),
+                    other.end(),
+                    Event::Clear,
+                )?);
                 // SAFETY: as above.
                 unsafe {
                     rustix::mm::madvise(

@@ -114,7 +114,8 @@ struct RaceArgs {
     #[arg(long, default_value_t = 20)]
     hang_secs: u64,
     /// Adversary, bracketed source: make every change with the plain system call, which the
-    /// source cannot see. Such a run must report stale lookups: it shows the check has teeth.
+    /// source cannot see (remove: invalidating only the madvised mapping, not the file's other
+    /// mappings). Such a run must report stale lookups: it shows the check has teeth.
     #[arg(long)]
     bypass: bool,
 }

@@ -55,7 +55,8 @@ fn brk_is_refused_under_the_bracketed_source() {
 }
 
 /// The teeth: the brk, punch-hole, truncate and remove races with the changes made by the bare
-/// system call (no wrapper, so the bracketed source sees nothing) must fail with stale lookups,
+/// system call (no wrapper, so the bracketed source sees nothing; for remove, a window over the
+/// madvised mapping only, as the wrapper had before issue 9) must fail with stale lookups,
 /// and the brk child still counts its registrations.
 #[test]
 fn bypassing_the_source_is_caught_as_stale() {
