@@ -105,7 +105,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Loaded, LoadError> {
         scenario,
         source: text.to_owned(),
     };
-    crate::validate::validate(&loaded).map_err(|(span, message)| {
+    crate::validate::validate(&loaded.scenario).map_err(|(span, message)| {
         let (line, column) = span.map_or((0, 0), |s| loaded.position(&s));
         LoadError {
             file: file.to_owned(),

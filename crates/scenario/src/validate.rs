@@ -7,8 +7,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use crate::load::Loaded;
-use crate::schema::{DriverKind, Expect, ProfileName, Step, Subject};
+use crate::schema::{DriverKind, Expect, ProfileName, Scenario, Step, Subject};
 
 /// The largest machine a scenario may ask for (frames): 16 GiB of simulated memory.
 pub const MAX_FRAMES: usize = 1 << 22;
@@ -159,8 +158,7 @@ impl<'a> Names<'a> {
 }
 
 /// Validates a parsed scenario; the error is the span it is about and the message.
-pub(crate) fn validate(loaded: &Loaded) -> Result<(), Fail> {
-    let s = &loaded.scenario;
+pub(crate) fn validate(s: &Scenario) -> Result<(), Fail> {
     let m = &s.machine;
     let whole = None;
     if m.frames == 0 || m.frames > MAX_FRAMES {
