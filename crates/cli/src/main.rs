@@ -12,15 +12,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hostmm::{MonitorConfig, Source};
 use serde::Serialize;
 
-use race_replace::{RaceConfig, RaceSource};
+// The tools the tests call too live in the library; `crate::race_replace` and `crate::sys`
+// resolve through these imports.
+use mmnotify_cli::race_replace::{self, RaceConfig, RaceSource};
+use mmnotify_cli::sys;
 
 mod adversary;
 mod adversary_brk;
 mod adversary_file;
 mod bench;
-mod race_replace;
 mod run;
-mod sys;
 mod torture;
 mod tour;
 

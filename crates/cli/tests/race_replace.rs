@@ -1,15 +1,8 @@
 //! The correctness claim, in CI size: no stale registration with either source.
 
-// The race is a tool of the `mmnotify` binary (`mmnotify race --pattern replace`); its module and
-// the helpers it uses are compiled into this test directly.
-#[allow(dead_code)]
-#[path = "../src/race_replace.rs"]
-mod race_replace;
-#[allow(dead_code)]
-#[path = "../src/sys.rs"]
-mod sys;
-
-use race_replace::{run, RaceConfig, RaceSource};
+// The race is a tool of the `mmnotify` binary (`mmnotify race --pattern replace`), in the CLI's
+// library.
+use mmnotify_cli::race_replace::{run, RaceConfig, RaceSource};
 
 /// The race re-maps its range at a fixed address (MAP_FIXED_NOREPLACE); another race in the
 /// same process could take that address in between, which the harness reports as an error.

@@ -14,7 +14,7 @@
 //!
 //! Frames are conserved: at every quiescent point `free + used == total`
 //! ([`FramePool::check_conservation`]). The pool itself is only the allocator of last resort:
-//! watermarks, kswapd and direct reclaim sit above it in [`crate::alloc`].
+//! watermarks, kswapd and direct reclaim sit above it in `alloc.rs`.
 //!
 //! Metadata is 48 bytes a frame (checked by a test), under Linux's 64.
 
