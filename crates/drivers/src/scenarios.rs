@@ -253,14 +253,20 @@ pub fn seed000_pressure(buggy: bool, limit: Duration) -> Result<Outcome, DriverE
     o.finish(&scope, &c, &m)
 }
 
+/// A 256-frame machine with swap, no pressure, and a process with an unfaulted 8-page mapping.
+fn roomy_process() -> Result<(Machine, Process, u64), DriverError> {
+    let m = Machine::new(Config::new(256).swap(256))?;
+    let p = m.spawn();
+    let a = p.mmap(MapRequest::anon(8 * P))?;
+    Ok((m, p, a))
+}
+
 /// Seed 001: odp's umem mutex (taken by its notifier) held across one allocation of `gfp`,
 /// with no memory pressure at all.
 pub fn seed001(gfp: Gfp) -> Result<Outcome, DriverError> {
     let _ctx = Context::new().enter();
     let scope = Scope::new();
-    let m = Machine::new(Config::new(256).swap(256))?;
-    let p = m.spawn();
-    let a = p.mmap(MapRequest::anon(8 * P))?;
+    let (m, p, a) = roomy_process()?;
     let c = Checker::new();
     let mr = OdpMr::register(&p, &c, "odp", a, 8 * P, NonBlock::TryLock)?;
     mr.page_fault(a, 8, true)?;
@@ -279,9 +285,7 @@ pub fn seed001(gfp: Gfp) -> Result<Outcome, DriverError> {
 pub fn seed002_validator() -> Result<Outcome, DriverError> {
     let _ctx = Context::new().enter();
     let scope = Scope::new();
-    let m = Machine::new(Config::new(256).swap(256))?;
-    let p = m.spawn();
-    let a = p.mmap(MapRequest::anon(8 * P))?;
+    let (m, p, a) = roomy_process()?;
     let c = Checker::new();
     let o = UserptrLocked::create(&p, &c, "userptr-5.7", a, 4)?;
     o.get_pages(&p)?;
@@ -384,6 +388,32 @@ fn wait_refused(refusals: impl Fn() -> u64) {
     }
 }
 
+/// OOM-kills `p` with the odp region `mr` on it, with its umem mutex held by another thread
+/// until the reaper was refused once if `hold_umem` (else with nothing held); then deregisters
+/// the region. Returns the reaper's report and the region's refusals.
+fn reap_odp(
+    m: &Machine,
+    p: &Process,
+    mr: Arc<OdpMr>,
+    hold_umem: bool,
+) -> Result<(ReapReport, u64), DriverError> {
+    let report = if hold_umem {
+        let mr2 = mr.clone();
+        hold_while_reaping(m, p, move |held| {
+            let _umem = mr2.hold_umem_mutex();
+            held();
+            wait_refused(|| mr2.refusals());
+        })
+    } else {
+        m.oom_kill(p)
+    };
+    let refusals = mr.refusals();
+    if let Some(mr) = Arc::into_inner(mr) {
+        mr.deregister()?;
+    }
+    Ok((report, refusals))
+}
+
 /// Seed 003: an odp region on a process the OOM reaper reaps. [`NonBlock::Sleep`]: the
 /// notifier takes its mutex in the non-blockable range. [`NonBlock::TryLock`]: the mutex is
 /// held by a device fault in progress until the reaper was refused once.
@@ -394,25 +424,12 @@ pub fn seed003(nonblock: NonBlock) -> Result<Outcome, DriverError> {
     let c = Checker::new();
     let mr = Arc::new(OdpMr::register(&p, &c, "odp", a, 8 * P, nonblock)?);
     mr.page_fault(a, 8, false)?;
-    let report = match nonblock {
-        NonBlock::Sleep => m.oom_kill(&p),
-        NonBlock::TryLock => {
-            let mr2 = mr.clone();
-            hold_while_reaping(&m, &p, move |held| {
-                let _umem = mr2.hold_umem_mutex();
-                held();
-                wait_refused(|| mr2.refusals());
-            })
-        }
-    };
+    let (report, refusals) = reap_odp(&m, &p, mr, nonblock == NonBlock::TryLock)?;
     let o = Outcome {
         reap: Some(report),
-        refusals: mr.refusals(),
+        refusals,
         ..Outcome::default()
     };
-    if let Some(mr) = Arc::into_inner(mr) {
-        mr.deregister()?;
-    }
     o.finish(&scope, &c, &m)
 }
 
@@ -450,16 +467,7 @@ pub fn seed004(profile: Profile) -> Result<Outcome, DriverError> {
         let kvm = Kvm::create(&p, &c, "kvm", KvmVariant::Current)?;
         kvm.guest_write(a, 7)?;
         mr.page_fault(a, 8, false)?;
-        let mr2 = mr.clone();
-        let report = hold_while_reaping(&m, &p, move |held| {
-            let _umem = mr2.hold_umem_mutex();
-            held();
-            wait_refused(|| mr2.refusals());
-        });
-        let refusals = mr.refusals();
-        if let Some(mr) = Arc::into_inner(mr) {
-            mr.deregister()?;
-        }
+        let (report, refusals) = reap_odp(&m, &p, mr, true)?;
         (report, kvm, refusals)
     };
     o.refusals = refusals;
