@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hostmm::uffd::{CreateSeam, Userfaultfd};
-use hostmm::{Error, Event, HostMm, Mapping, MonitorConfig, RegisterMode, UffdMonitor, VaRange};
-use mmu_notifier::{Interval, IntervalNotifierOps, Range};
+use hostmm::{
+    Error, Event, HostMm, Mapping, MonitorConfig, RegisterMode, UffdMonitor, VaRange, Watch,
+};
+use mmu_notifier::{Interval, IntervalNotifier, IntervalNotifierOps, Range};
 
 /// A mapping belongs to at most one userfaultfd, and coarse registration takes whole (possibly
 /// merged) mappings: tests that each run their own monitor take turns.
@@ -16,14 +18,37 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn monitor_or_skip(host: &HostMm, config: MonitorConfig) -> Option<UffdMonitor> {
-    match UffdMonitor::start(host, config) {
-        Ok(m) => Some(m),
+/// One test's monitor: its turn (see [`SERIAL`]), a fresh `HostMm` and a monitor started on it
+/// with `config`; `None` (the test skips) where userfaultfd is unavailable. Bind all three
+/// (`let Some((_serial, host, mon))`): they drop in reverse, the monitor first, the turn last.
+fn monitor_or_skip(
+    config: MonitorConfig,
+) -> Option<(std::sync::MutexGuard<'static, ()>, HostMm, UffdMonitor)> {
+    let serial = serial();
+    let host = HostMm::new();
+    match UffdMonitor::start(&host, config) {
+        Ok(m) => Some((serial, host, m)),
         Err(e) => {
             eprintln!("skipping: userfaultfd unavailable here: {e}");
             None
         }
     }
+}
+
+/// An interval notifier recording the invalidations of `len` bytes from `addr`, and `mon`'s
+/// watch over them; both last as long as the returned guards.
+fn record(
+    host: &HostMm,
+    mon: &UffdMonitor,
+    addr: u64,
+    len: u64,
+) -> (Recorder, IntervalNotifier, Watch) {
+    let rec = Recorder::default();
+    let n = host
+        .mm()
+        .interval_notifier_insert(addr, len, rec.clone())
+        .unwrap();
+    (rec, n, mon.watch(addr, len).unwrap())
 }
 
 /// Records every invalidation that reaches an interval.
@@ -52,20 +77,13 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn munmap_becomes_an_unmap_invalidation_before_munmap_returns() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
     let m = Mapping::anonymous(4 * page).unwrap();
     m.write_u64(0, 7);
-    let rec = Recorder::default();
-    let _n = host
-        .mm()
-        .interval_notifier_insert(m.addr(), 4 * page, rec.clone())
-        .unwrap();
-    let _w = mon.watch(m.addr(), 4 * page).unwrap();
+    let (rec, _n, _w) = record(&host, &mon, m.addr(), 4 * page);
     let r = m.into_raw();
     // SAFETY: the mapping was ours.
     unsafe { rustix::mm::munmap(r.start() as *mut _, r.len() as usize) }.unwrap();
@@ -78,9 +96,7 @@ fn munmap_becomes_an_unmap_invalidation_before_munmap_returns() {
 
 #[test]
 fn madvise_dontneed_becomes_clear_and_wp_mode_never_faults() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
@@ -88,12 +104,7 @@ fn madvise_dontneed_becomes_clear_and_wp_mode_never_faults() {
     for i in 0..8 {
         m.write_u64(i * page, i + 1);
     }
-    let rec = Recorder::default();
-    let _n = host
-        .mm()
-        .interval_notifier_insert(m.addr(), 8 * page, rec.clone())
-        .unwrap();
-    let _w = mon.watch(m.addr(), 8 * page).unwrap();
+    let (rec, _n, _w) = record(&host, &mon, m.addr(), 8 * page);
     // SAFETY: nothing holds a reference into the mapping; its contents become zero.
     unsafe {
         rustix::mm::madvise(
@@ -119,21 +130,14 @@ fn madvise_dontneed_becomes_clear_and_wp_mode_never_faults() {
 
 #[test]
 fn moving_mremap_invalidates_the_old_range() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
     let m = Mapping::anonymous(2 * page).unwrap();
     m.write_u64(0, 1);
     let dest = Mapping::anonymous(2 * page).unwrap();
-    let rec = Recorder::default();
-    let _n = host
-        .mm()
-        .interval_notifier_insert(m.addr(), 2 * page, rec.clone())
-        .unwrap();
-    let _w = mon.watch(m.addr(), 2 * page).unwrap();
+    let (rec, _n, _w) = record(&host, &mon, m.addr(), 2 * page);
     let (old, to) = (m.into_raw(), dest.into_raw());
     // SAFETY: both mappings were ours.
     unsafe {
@@ -162,9 +166,7 @@ fn moving_mremap_invalidates_the_old_range() {
 
 #[test]
 fn watches_are_coarse_deduplicated_and_refcounted() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, _host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
@@ -191,9 +193,7 @@ fn watches_are_coarse_deduplicated_and_refcounted() {
 
 #[test]
 fn unmapped_region_is_registered_again_after_remap() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
@@ -218,9 +218,7 @@ fn unmapped_region_is_registered_again_after_remap() {
 
 #[test]
 fn watching_an_unmapped_range_is_a_typed_error() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, _host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
@@ -235,9 +233,7 @@ fn watching_an_unmapped_range_is_a_typed_error() {
 
 #[test]
 fn a_mapping_owned_by_another_uffd_is_ebusy() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, _host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
@@ -254,15 +250,10 @@ fn a_mapping_owned_by_another_uffd_is_ebusy() {
 
 #[test]
 fn region_cap_is_enforced() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(
-        &host,
-        MonitorConfig {
-            max_regions: 1,
-            ..Default::default()
-        },
-    ) else {
+    let Some((_serial, _host, mon)) = monitor_or_skip(MonitorConfig {
+        max_regions: 1,
+        ..Default::default()
+    }) else {
         return;
     };
     let page = hostmm::page_size();
@@ -303,9 +294,7 @@ fn region_cap_is_enforced() {
 
 #[test]
 fn monitor_survives_eintr() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     extern "C" fn noop(_: libc::c_int) {}
@@ -323,12 +312,7 @@ fn monitor_survives_eintr() {
     }
     let page = hostmm::page_size();
     let m = Mapping::anonymous(page).unwrap();
-    let rec = Recorder::default();
-    let _n = host
-        .mm()
-        .interval_notifier_insert(m.addr(), page, rec.clone())
-        .unwrap();
-    let _w = mon.watch(m.addr(), page).unwrap();
+    let (rec, _n, _w) = record(&host, &mon, m.addr(), page);
     drop(m);
     host.gate().wait();
     assert_eq!(rec.0.lock().unwrap().len(), 1);
@@ -337,15 +321,10 @@ fn monitor_survives_eintr() {
 
 #[test]
 fn missing_mode_fallback_resolves_faults() {
-    let _serial = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(
-        &host,
-        MonitorConfig {
-            mode: RegisterMode::Missing,
-            ..Default::default()
-        },
-    ) else {
+    let Some((_serial, _host, mon)) = monitor_or_skip(MonitorConfig {
+        mode: RegisterMode::Missing,
+        ..Default::default()
+    }) else {
         return;
     };
     let page = hostmm::page_size();
@@ -359,11 +338,9 @@ fn missing_mode_fallback_resolves_faults() {
 
 #[test]
 fn every_lookup_after_munmap_returns_sees_the_invalidation() {
-    let _serial = serial();
     // Stress of the pending window: a thread unmaps monitored pages; right after each munmap
     // returns, it checks (through the gate) that the interval was invalidated.
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host, MonitorConfig::default()) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let page = hostmm::page_size();
