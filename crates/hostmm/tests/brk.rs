@@ -4,7 +4,10 @@
 //! again (verified) before it is cached. One test in its own binary: it moves the program break,
 //! and it checks before every shrink that nobody else (malloc) moved it meanwhile.
 
-use hostmm::{CacheConfig, HostMm, NoopRegistrar, RegCache, UffdMonitor};
+use hostmm::MonitorConfig;
+
+mod common;
+use common::{cache_over, monitor_or_skip};
 
 fn brk_now() -> u64 {
     // SAFETY: sbrk(0) only reads the current break.
@@ -20,23 +23,10 @@ fn sbrk(delta: i64) -> Option<u64> {
 
 #[test]
 fn brk_shrink_invalidates_and_regrown_heap_is_registered_again() {
-    let host = HostMm::new();
-    let mon = match UffdMonitor::start(&host, Default::default()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            return;
-        }
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
+        return;
     };
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            monitor: Some(mon.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cache = cache_over(&host, &mon);
     let page = hostmm::page_size();
     let start = brk_now();
     let pad = (page - start % page) % page;

@@ -1,35 +1,18 @@
 //! Issue 9, classes 1, 3, 4 and 5, one kernel behaviour per test: what each source covers, what
 //! is refused, and the kernel behaviour each rule rests on.
 
-use std::sync::Mutex;
-
 use hostmm::MappingKind;
 use hostmm::{
     CacheConfig, Error, HostMm, Mapping, MlockRegistrar, MonitorConfig, NoopRegistrar,
-    PagemapRegistrar, RegCache, Registrar, RegistrarError, UffdMonitor, VaRange,
+    PagemapRegistrar, RegCache, Registrar, RegistrarError, VaRange,
 };
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-/// A mapping belongs to at most one userfaultfd and coarse registration takes whole (possibly
-/// merged) mappings: tests that run a monitor take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod common;
+use common::{cache_over, monitor_or_skip};
 
 fn page() -> u64 {
     hostmm::page_size()
-}
-
-fn monitor_or_skip(host: &HostMm) -> Option<UffdMonitor> {
-    match UffdMonitor::start(host, MonitorConfig::default()) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            eprintln!("skipping: userfaultfd unavailable here: {e}");
-            None
-        }
-    }
 }
 
 /// Whether `/proc/self/smaps` shows the page at `addr` registered for write-protect tracking.
@@ -76,20 +59,10 @@ fn map_at(addr: u64, len: u64) {
 
 #[test]
 fn uffd_a_range_with_a_hole_is_refused_not_cached() {
-    let _s = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            monitor: Some(mon.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cache = cache_over(&host, &mon);
     let m = Mapping::anonymous(3 * page()).unwrap();
     munmap(m.addr() + page(), page());
     assert!(matches!(
@@ -108,20 +81,10 @@ fn uffd_a_range_with_a_hole_is_refused_not_cached() {
 
 #[test]
 fn uffd_a_page_mapped_again_is_registered_again_and_its_unmap_invalidates() {
-    let _s = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            monitor: Some(mon.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cache = cache_over(&host, &mon);
     let m = Mapping::anonymous(16 * page()).unwrap();
     let whole = cache.get(m.addr(), 16 * page()).unwrap();
     let mid = m.addr() + 8 * page();
@@ -148,9 +111,7 @@ fn uffd_a_page_mapped_again_is_registered_again_and_its_unmap_invalidates() {
 
 #[test]
 fn uffd_a_watch_going_away_never_unregisters_memory_another_watch_holds() {
-    let _s = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
     let m = Mapping::anonymous(16 * page()).unwrap();
@@ -174,20 +135,10 @@ fn uffd_a_watch_going_away_never_unregisters_memory_another_watch_holds() {
 
 #[test]
 fn uffd_refuses_shared_and_file_mappings_with_the_reason() {
-    let _s = serial();
-    let host = HostMm::new();
-    let Some(mon) = monitor_or_skip(&host) else {
+    let Some((_serial, host, mon)) = monitor_or_skip(MonitorConfig::default()) else {
         return;
     };
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            monitor: Some(mon),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cache = cache_over(&host, &mon);
     let fd = rustix::fs::memfd_create("hostmm-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, 2 * page()).unwrap();
     for (flags, kind) in [

@@ -10,30 +10,8 @@ use hostmm::{
 };
 use mmu_notifier::{Interval, IntervalNotifier, IntervalNotifierOps, Range};
 
-/// A mapping belongs to at most one userfaultfd, and coarse registration takes whole (possibly
-/// merged) mappings: tests that each run their own monitor take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One test's monitor: its turn (see [`SERIAL`]), a fresh `HostMm` and a monitor started on it
-/// with `config`; `None` (the test skips) where userfaultfd is unavailable. Bind all three
-/// (`let Some((_serial, host, mon))`): they drop in reverse, the monitor first, the turn last.
-fn monitor_or_skip(
-    config: MonitorConfig,
-) -> Option<(std::sync::MutexGuard<'static, ()>, HostMm, UffdMonitor)> {
-    let serial = serial();
-    let host = HostMm::new();
-    match UffdMonitor::start(&host, config) {
-        Ok(m) => Some((serial, host, m)),
-        Err(e) => {
-            eprintln!("skipping: userfaultfd unavailable here: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::monitor_or_skip;
 
 /// An interval notifier recording the invalidations of `len` bytes from `addr`, and `mon`'s
 /// watch over them; both last as long as the returned guards.
