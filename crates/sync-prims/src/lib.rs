@@ -89,39 +89,29 @@ pub trait Lock {
     fn lock_unpoisoned(&self) -> Self::Guard<'_>;
 }
 
-impl<T: ?Sized> Lock for std::sync::Mutex<T> {
-    type Guard<'a>
-        = std::sync::MutexGuard<'a, T>
-    where
-        Self: 'a;
+/// `Lock` for one mutex type, whose `lock` returns a `LockResult` of its guard.
+macro_rules! impl_lock {
+    ($($(#[$cfg:meta])* $mutex:ident :: $guard:ident in $($path:ident)::+;)*) => {$(
+        $(#[$cfg])*
+        impl<T: ?Sized> Lock for $($path)::+::$mutex<T> {
+            type Guard<'a>
+                = $($path)::+::$guard<'a, T>
+            where
+                Self: 'a;
 
-    fn lock_unpoisoned(&self) -> Self::Guard<'_> {
-        unpoison(self.lock())
-    }
+            fn lock_unpoisoned(&self) -> Self::Guard<'_> {
+                unpoison(self.lock())
+            }
+        }
+    )*};
 }
 
-#[cfg(loom)]
-impl<T> Lock for loom::sync::Mutex<T> {
-    type Guard<'a>
-        = loom::sync::MutexGuard<'a, T>
-    where
-        Self: 'a;
-
-    fn lock_unpoisoned(&self) -> Self::Guard<'_> {
-        unpoison(self.lock())
-    }
-}
-
-#[cfg(shuttle)]
-impl<T: ?Sized> Lock for shuttle::sync::Mutex<T> {
-    type Guard<'a>
-        = shuttle::sync::MutexGuard<'a, T>
-    where
-        Self: 'a;
-
-    fn lock_unpoisoned(&self) -> Self::Guard<'_> {
-        unpoison(self.lock())
-    }
+impl_lock! {
+    Mutex::MutexGuard in std::sync;
+    #[cfg(loom)]
+    Mutex::MutexGuard in loom::sync;
+    #[cfg(shuttle)]
+    Mutex::MutexGuard in shuttle::sync;
 }
 
 /// Locks `m` (a `std` mutex or a [`sync::Mutex`]), ignoring poisoning.
