@@ -658,6 +658,27 @@ struct Slow {
     gate: Mutex<()>,
     finished: AtomicBool,
 }
+impl Slow {
+    fn new() -> Arc<Slow> {
+        Arc::new(Slow {
+            entered: AtomicBool::new(false),
+            gate: Mutex::new(()),
+            finished: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts an invalidation of `mm` on another thread and returns once it is inside this
+    /// subscriber's start, blocked on the gate (which the caller holds).
+    fn start_blocked_invalidation(&self, mm: &Mm) -> std::thread::JoinHandle<()> {
+        let mm = mm.clone();
+        let inv = std::thread::spawn(move || drop(mm.invalidate_range_start(range(0, 4096))));
+        while !self.entered.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        inv
+    }
+}
+
 struct SlowRef(Arc<Slow>);
 impl MmuNotifierOps for SlowRef {
     fn capabilities(&self) -> Capabilities {
@@ -674,21 +695,13 @@ impl MmuNotifierOps for SlowRef {
 #[test]
 fn f14_unregister_waits_for_running_callbacks_and_calls_release() {
     let (mm, _d) = mm();
-    let slow = Arc::new(Slow {
-        entered: AtomicBool::new(false),
-        gate: Mutex::new(()),
-        finished: AtomicBool::new(false),
-    });
+    let slow = Slow::new();
     let log = Log::default();
     // Newest first: `a` gets its start before the slow subscriber blocks.
     let s = mm.register(SlowRef(slow.clone())).unwrap();
     let a = mm.register(Counter::new("a", &log)).unwrap();
     let gate = slow.gate.lock().unwrap();
-    let mm2 = mm.clone();
-    let inv = std::thread::spawn(move || drop(mm2.invalidate_range_start(range(0, 4096))));
-    while !slow.entered.load(SeqCst) {
-        std::thread::yield_now();
-    }
+    let inv = slow.start_blocked_invalidation(&mm);
     let unreg_done = Arc::new(AtomicBool::new(false));
     let u2 = unreg_done.clone();
     let unreg = std::thread::spawn(move || {
@@ -716,18 +729,10 @@ fn f14_unregister_waits_for_running_callbacks_and_calls_release() {
 fn f14_a_slow_callback_in_one_mm_does_not_delay_unregister_in_another() {
     let (mm1, _d1) = mm();
     let (mm2, _d2) = mm();
-    let slow = Arc::new(Slow {
-        entered: AtomicBool::new(false),
-        gate: Mutex::new(()),
-        finished: AtomicBool::new(false),
-    });
+    let slow = Slow::new();
     let _s = mm1.register(SlowRef(slow.clone())).unwrap();
     let gate = slow.gate.lock().unwrap();
-    let m = mm1.clone();
-    let inv = std::thread::spawn(move || drop(m.invalidate_range_start(range(0, 4096))));
-    while !slow.entered.load(SeqCst) {
-        std::thread::yield_now();
-    }
+    let inv = slow.start_blocked_invalidation(&mm1);
     let log = Log::default();
     let other = mm2.register(Counter::new("x", &log)).unwrap();
     other.unregister().unwrap(); // returns although mm1's callback is still blocked
@@ -811,18 +816,10 @@ fn f15_get_is_a_refcounted_singleton_freed_after_a_grace_period_without_release(
     a.put();
     assert_eq!(b.users(), 1);
     // Keep a read section open (a callback in flight) so the free must wait.
-    let slow = Arc::new(Slow {
-        entered: AtomicBool::new(false),
-        gate: Mutex::new(()),
-        finished: AtomicBool::new(false),
-    });
+    let slow = Slow::new();
     let _s = mm.register(SlowRef(slow.clone())).unwrap();
     let gate = slow.gate.lock().unwrap();
-    let m = mm.clone();
-    let inv = std::thread::spawn(move || drop(m.invalidate_range_start(range(0, 4096))));
-    while !slow.entered.load(SeqCst) {
-        std::thread::yield_now();
-    }
+    let inv = slow.start_blocked_invalidation(&mm);
     b.put();
     assert_eq!(
         drops.load(SeqCst),
