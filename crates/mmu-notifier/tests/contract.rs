@@ -451,18 +451,10 @@ fn f11_read_begin_waits_only_for_an_epoch_that_hit_its_interval() {
     let sb = b.read_begin();
     assert!(!b.read_retry(sb));
     // a was hit: read_begin blocks until the invalidation ends.
-    let done = Arc::new(AtomicBool::new(false));
-    let (a2, d2) = (a.clone(), done.clone());
-    let h = std::thread::spawn(move || {
-        let s = a2.read_begin();
-        d2.store(true, SeqCst);
-        s
+    let a2 = a.clone();
+    let h = spawn_blocked("read_begin returned inside the hitting epoch", move || {
+        a2.read_begin()
     });
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(
-        !done.load(SeqCst),
-        "read_begin returned inside the hitting epoch"
-    );
     drop(g);
     let s = h.join().unwrap();
     assert!(!a.read_retry(s));
@@ -489,16 +481,10 @@ fn insert_during_an_open_epoch_makes_the_first_read_begin_wait() {
             mm.interval_notifier_insert(0x7000, 0x1000, MirrorRef(Mirror::new("n", &log)))
                 .unwrap(),
         );
-        let done = Arc::new(AtomicBool::new(false));
-        let (n2, d2) = (n.clone(), done.clone());
-        let h = std::thread::spawn(move || {
-            n2.read_begin();
-            d2.store(true, SeqCst);
-        });
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(
-            !done.load(SeqCst),
-            "first read_begin must wait (hit_existing={hit_existing})"
+        let n2 = n.clone();
+        let h = spawn_blocked(
+            &format!("first read_begin must wait (hit_existing={hit_existing})"),
+            move || n2.read_begin(),
         );
         drop(g);
         h.join().unwrap();
@@ -535,21 +521,12 @@ fn remove_while_an_invalidation_is_in_flight_waits_for_its_end() {
         .interval_notifier_insert(0x1000, 0x1000, MirrorRef(m.clone()))
         .unwrap();
     let g = mm.invalidate_range_start(range(0x1000, 0x2000));
-    let removed = Arc::new(AtomicBool::new(false));
-    let r2 = removed.clone();
-    let h = std::thread::spawn(move || {
-        a.remove().unwrap();
-        r2.store(true, SeqCst);
+    let h = spawn_blocked("remove returned while the epoch was open", move || {
+        a.remove().unwrap()
     });
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(
-        !removed.load(SeqCst),
-        "remove returned while the epoch was open"
-    );
     assert_eq!(mm.interval_state().unwrap().deferred, 1);
     drop(g);
     h.join().unwrap();
-    assert!(removed.load(SeqCst));
     let st = mm.interval_state().unwrap();
     assert_eq!((st.intervals, st.deferred), (0, 0));
     drop(mm.invalidate_range_start(range(0x1000, 0x2000)));
@@ -702,16 +679,9 @@ fn f14_unregister_waits_for_running_callbacks_and_calls_release() {
     let a = mm.register(Counter::new("a", &log)).unwrap();
     let gate = slow.gate.lock().unwrap();
     let inv = slow.start_blocked_invalidation(&mm);
-    let unreg_done = Arc::new(AtomicBool::new(false));
-    let u2 = unreg_done.clone();
-    let unreg = std::thread::spawn(move || {
-        a.unregister().unwrap();
-        u2.store(true, SeqCst);
-    });
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(
-        !unreg_done.load(SeqCst),
-        "unregister returned while a callback was running"
+    let unreg = spawn_blocked(
+        "unregister returned while a callback was running",
+        move || a.unregister().unwrap(),
     );
     drop(gate);
     unreg.join().unwrap();

@@ -177,3 +177,22 @@ impl IntervalNotifierOps for MirrorRef {
         true
     }
 }
+
+/// Runs `f` on a new thread and checks that it has not returned 50 ms later (it must be blocked
+/// on something the caller holds; `what` says what returning early would mean). Returns the
+/// thread, for the caller to join once it lets go.
+pub fn spawn_blocked<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let h = std::thread::spawn(move || {
+        let t = f();
+        d.store(true, SeqCst);
+        t
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!done.load(SeqCst), "{what}");
+    h
+}
