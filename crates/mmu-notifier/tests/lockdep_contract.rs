@@ -45,6 +45,13 @@ fn cycles(scope: &Scope) -> Vec<Report> {
         .collect()
 }
 
+/// Asserts the scope holds exactly one dependency cycle, and that it runs through `a` and `b`.
+fn assert_one_cycle(scope: &Scope, a: &str, b: &str) {
+    let r = cycles(scope);
+    assert_eq!(r.len(), 1, "{}", describe(&scope.reports()));
+    assert!(r[0].involves(a) && r[0].involves(b), "{}", r[0]);
+}
+
 /// A driver whose list callbacks take its (sleeping) lock: the usual KVM/ODP shape.
 struct Driver {
     lock: Arc<Mutex<u64>>,
@@ -326,9 +333,7 @@ fn read_begin_under_the_driver_lock_is_reported() {
         }
     }
     // A cycle through the notifier map, which lockdep files under reclaim inversions.
-    let r = cycles(&scope);
-    assert_eq!(r.len(), 1, "{}", describe(&scope.reports()));
-    assert!(r[0].involves(MAP) && r[0].involves("mirror-readbegin-bad"));
+    assert_one_cycle(&scope, MAP, "mirror-readbegin-bad");
     drop(scope);
     iv.remove().unwrap();
 }
@@ -347,9 +352,7 @@ fn remove_under_the_driver_lock_is_reported() {
         let _pt = lock.lock();
         iv.remove().unwrap();
     }
-    let r = cycles(&scope);
-    assert_eq!(r.len(), 1, "{}", describe(&scope.reports()));
-    assert!(r[0].involves(MAP) && r[0].involves("mirror-remove-bad"));
+    assert_one_cycle(&scope, MAP, "mirror-remove-bad");
 }
 
 #[test]
@@ -365,9 +368,7 @@ fn unregister_under_a_lock_the_callback_takes_is_reported() {
         let _g = lock.lock();
         sub.unregister().unwrap();
     }
-    let r = cycles(&scope);
-    assert_eq!(r.len(), 1, "{}", describe(&scope.reports()));
-    assert!(r[0].involves(SRCU) && r[0].involves("driver-unregister-bad"));
+    assert_one_cycle(&scope, SRCU, "driver-unregister-bad");
 }
 
 #[test]
