@@ -30,6 +30,23 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// hmm-tests' mixed layout over `npages` PROT_NONE pages from `a`: page 0 stays PROT_NONE,
+    /// page 1 becomes a hole, 2 read-only (read once: the zero page), 3 read-only with data,
+    /// 4.. read-write with data (3 in every data page).
+    fn mixed_protections(&self, a: u64, npages: u64) {
+        let p = &self.p;
+        p.munmap(a + P, P).unwrap();
+        p.mprotect(a + 2 * P, P, vm::READ).unwrap();
+        assert_eq!(p.read(a + 2 * P).unwrap(), 0);
+        p.mprotect(a + 3 * P, P, vm::READ | vm::WRITE).unwrap();
+        p.write(a + 3 * P, 3).unwrap();
+        p.mprotect(a + 3 * P, P, vm::READ).unwrap();
+        p.mprotect(a + 4 * P, (npages - 4) * P, vm::READ | vm::WRITE)
+            .unwrap();
+        for i in 4..npages {
+            p.write(a + i * P, 3).unwrap();
+        }
+    }
     fn anon(&self, npages: u64) -> u64 {
         self.p.mmap(MapRequest::anon(npages * P)).unwrap()
     }
@@ -358,17 +375,7 @@ fn snapshot() {
     let f = fixture();
     let d1 = Dmirror::open(&f.p, &f.c, "dmirror1").unwrap();
     let a = f.p.mmap(MapRequest::anon(7 * P).prot(0)).unwrap();
-    f.p.munmap(a + P, P).unwrap();
-    f.p.mprotect(a + 2 * P, P, vm::READ).unwrap();
-    assert_eq!(f.p.read(a + 2 * P).unwrap(), 0);
-    f.p.mprotect(a + 3 * P, P, vm::READ | vm::WRITE).unwrap();
-    f.p.write(a + 3 * P, 3).unwrap();
-    f.p.mprotect(a + 3 * P, P, vm::READ).unwrap();
-    f.p.mprotect(a + 4 * P, 3 * P, vm::READ | vm::WRITE)
-        .unwrap();
-    for i in 4..7 {
-        f.p.write(a + i * P, 3).unwrap();
-    }
+    f.mixed_protections(a, 7);
     assert_eq!(f.d.migrate_to_device(a + 5 * P, 1).unwrap().moved.len(), 1);
     assert_eq!(d1.migrate_to_device(a + 6 * P, 1).unwrap().moved.len(), 1);
     let s = f.d.snapshot(a, 7).unwrap();
@@ -416,16 +423,7 @@ fn migrate_mixed() {
     let d1 = Dmirror::open(&f.p, &f.c, "dmirror1").unwrap();
     let a = f.p.mmap(MapRequest::anon(6 * P).prot(0)).unwrap();
     assert!(f.d.migrate_to_device(a, 6).unwrap().moved.is_empty());
-    f.p.munmap(a + P, P).unwrap();
-    f.p.mprotect(a + 2 * P, P, vm::READ).unwrap();
-    assert_eq!(f.p.read(a + 2 * P).unwrap(), 0);
-    f.p.mprotect(a + 3 * P, P, vm::READ | vm::WRITE).unwrap();
-    f.p.write(a + 3 * P, 3).unwrap();
-    f.p.mprotect(a + 3 * P, P, vm::READ).unwrap();
-    f.p.mprotect(a + 4 * P, 2 * P, vm::READ | vm::WRITE)
-        .unwrap();
-    f.p.write(a + 4 * P, 3).unwrap();
-    f.p.write(a + 5 * P, 3).unwrap();
+    f.mixed_protections(a, 6);
     assert_eq!(d1.migrate_to_device(a + 2 * P, 4).unwrap().moved.len(), 4);
     assert!(f
         .d
