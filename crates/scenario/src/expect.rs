@@ -16,7 +16,8 @@ use crate::outcome::{
     ViolationSummary,
 };
 use crate::schema::{CounterName, Expect, KindName, Subject};
-use crate::world::{locked, Drv, World};
+use crate::world::{Drv, World};
+use sync_prims::lock;
 
 /// What a run observed, before judging.
 #[derive(Default)]
@@ -56,7 +57,7 @@ pub fn kind_name(k: ReportKind) -> &'static str {
 pub(crate) fn counters(w: &World) -> BTreeMap<String, u64> {
     let s = w.m.stats();
     let reaps = w.m.oom_reports();
-    let kvm: i64 = locked(&w.drivers)
+    let kvm: i64 = lock(&w.drivers)
         .values()
         .map(|d| match &d.drv {
             Drv::Kvm(k) => k.in_progress(),

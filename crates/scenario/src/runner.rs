@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use sync_prims::lock;
 
 use drivers::buggy::{BuggyList, BuggyMirror, IntervalBug, ListBug};
 use drivers::dmirror::Dmirror;
@@ -33,7 +35,7 @@ use crate::schema::{
     Step,
 };
 use crate::trace::TraceSink;
-use crate::world::{close, locked, Drv, DrvSlot, MapInfo, Proc, ThreadSlot, World, P};
+use crate::world::{close, Drv, DrvSlot, MapInfo, Proc, ThreadSlot, World, P};
 
 /// How to run.
 #[derive(Clone, Default)]
@@ -186,7 +188,7 @@ fn build(loaded: &Loaded, opts: &RunOptions) -> Result<World, String> {
                     .madvise(a, len, Advice::Cold)
                     .map_err(|e| format!("`{}` cold: {e}", map.name))?;
             }
-            locked(&world.mappings).insert(
+            lock(&world.mappings).insert(
                 map.name.clone(),
                 MapInfo {
                     owner: p.name.clone(),
@@ -207,7 +209,7 @@ fn attach_all(loaded: &Loaded, world: &World) -> Result<(), String> {
         let r = attach(world, spec);
         match (&spec.attach_error, r) {
             (None, Ok(slot)) => {
-                locked(&world.drivers).insert(spec.name.clone(), Arc::new(slot));
+                lock(&world.drivers).insert(spec.name.clone(), Arc::new(slot));
             }
             (None, Err(e)) => return Err(format!("driver `{}` (line {line}): {e}", spec.name)),
             (Some(want), Ok(slot)) => {
@@ -404,7 +406,7 @@ fn exec(loaded: &Loaded, world: &Arc<World>, step: &Step) -> Result<(), String> 
             world.add_process(child, c);
         }
         Step::Exit { process } => {
-            let p = locked(&world.processes)
+            let p = lock(&world.processes)
                 .remove(process)
                 .ok_or_else(|| format!("process `{process}` has exited"))?;
             let p = Arc::try_unwrap(p)
@@ -452,7 +454,7 @@ fn exec(loaded: &Loaded, world: &Arc<World>, step: &Step) -> Result<(), String> 
             device(world, &slot, &p, *action, a, n, *write, *value)?;
         }
         Step::Close { driver } => {
-            let slot = locked(&world.drivers)
+            let slot = lock(&world.drivers)
                 .remove(driver)
                 .ok_or_else(|| format!("driver `{driver}` is not attached"))?;
             let slot = Arc::try_unwrap(slot)
@@ -466,12 +468,12 @@ fn exec(loaded: &Loaded, world: &Arc<World>, step: &Step) -> Result<(), String> 
             task,
         } => spawn_thread(loaded, world, name, steps, *repeat, task.clone())?,
         Step::Stop { thread, wait_ms } => {
-            let t = locked(&world.threads).remove(thread);
+            let t = lock(&world.threads).remove(thread);
             if let Some(t) = t {
                 t.stop.store(true, Ordering::Relaxed);
                 let wait = wait_ms.map_or(STOP_WAIT, Duration::from_millis);
                 if !join_within(&t, wait) {
-                    locked(&world.threads).insert(thread.clone(), t);
+                    lock(&world.threads).insert(thread.clone(), t);
                     return Err(format!(
                         "thread `{thread}` did not stop within {} ms",
                         wait.as_millis()
@@ -728,7 +730,7 @@ fn spawn_thread(
         .map_err(|e| format!("cannot start thread `{name}`: {e}"))?;
     // Wait until the thread's first step is under way (a hold: its lock is taken), bounded.
     let _ = rx.recv_timeout(HOLD_LIMIT);
-    locked(&world.threads).insert(name.to_owned(), ThreadSlot { stop, handle });
+    lock(&world.threads).insert(name.to_owned(), ThreadSlot { stop, handle });
     Ok(())
 }
 
@@ -745,7 +747,7 @@ fn join_within(t: &ThreadSlot, wait: Duration) -> bool {
 
 /// Stops every scenario thread; returns the names of those that did not finish (hung).
 fn stop_all(world: &World) -> Vec<String> {
-    let threads: Vec<(String, ThreadSlot)> = locked(&world.threads).drain().collect();
+    let threads: Vec<(String, ThreadSlot)> = lock(&world.threads).drain().collect();
     for (_, t) in &threads {
         t.stop.store(true, Ordering::Relaxed);
     }
@@ -766,7 +768,7 @@ fn stop_all(world: &World) -> Vec<String> {
 
 /// Closes every driver (reverse name order) and exits every process.
 fn teardown(world: &World) -> Result<(), String> {
-    let mut drivers: Vec<(String, Arc<DrvSlot>)> = locked(&world.drivers).drain().collect();
+    let mut drivers: Vec<(String, Arc<DrvSlot>)> = lock(&world.drivers).drain().collect();
     drivers.sort_by(|a, b| b.0.cmp(&a.0));
     let mut first = Ok(());
     for (name, slot) in drivers {
@@ -778,7 +780,7 @@ fn teardown(world: &World) -> Result<(), String> {
             first = r.map_err(|e| format!("closing `{name}`: {e}"));
         }
     }
-    let processes: Vec<(String, Arc<Proc>)> = locked(&world.processes).drain().collect();
+    let processes: Vec<(String, Arc<Proc>)> = lock(&world.processes).drain().collect();
     for (name, p) in processes {
         if let Ok(p) = Arc::try_unwrap(p) {
             let Proc { process, _trace } = p;

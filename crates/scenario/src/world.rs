@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
 use std::thread::JoinHandle;
+use sync_prims::lock;
 
 use drivers::buggy::{BuggyList, BuggyMirror};
 use drivers::dmirror::Dmirror;
@@ -22,10 +24,6 @@ use crate::trace::{TraceSink, Tracer};
 
 /// Bytes per page.
 pub const P: u64 = 4096;
-
-pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A process and its tracing subscription.
 pub(crate) struct Proc {
@@ -99,7 +97,7 @@ impl World {
                 })
                 .ok()
         });
-        locked(&self.processes).insert(
+        lock(&self.processes).insert(
             name.to_owned(),
             Arc::new(Proc {
                 process,
@@ -109,14 +107,14 @@ impl World {
     }
 
     pub(crate) fn process(&self, name: &str) -> Result<Arc<Proc>, String> {
-        locked(&self.processes)
+        lock(&self.processes)
             .get(name)
             .cloned()
             .ok_or_else(|| format!("process `{name}` has exited"))
     }
 
     pub(crate) fn driver(&self, name: &str) -> Result<Arc<DrvSlot>, String> {
-        locked(&self.drivers)
+        lock(&self.drivers)
             .get(name)
             .cloned()
             .ok_or_else(|| format!("driver `{name}` is not attached"))
@@ -130,7 +128,7 @@ impl World {
         pages: Option<u64>,
     ) -> Result<(Arc<Proc>, u64, u64), String> {
         let (process, mapping) = crate::validate::split_at(at);
-        let info = locked(&self.mappings)
+        let info = lock(&self.mappings)
             .get(mapping)
             .cloned()
             .ok_or_else(|| format!("no mapping `{mapping}`"))?;
@@ -141,7 +139,7 @@ impl World {
 
     /// Refusals of every odp driver, attached or closed.
     pub(crate) fn refusals(&self) -> u64 {
-        let attached: u64 = locked(&self.drivers)
+        let attached: u64 = lock(&self.drivers)
             .values()
             .map(|d| refusals_of(&d.drv))
             .sum();

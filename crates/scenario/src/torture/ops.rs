@@ -1,7 +1,9 @@
 //! The torture's operation mix: one random operation on one random slot per call.
 
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
+
 use std::time::Duration;
+use sync_prims::lock;
 
 use drivers::dmirror::Dmirror;
 use drivers::DriverError;
@@ -12,10 +14,6 @@ use super::slot::{build, retire, Live, Slot, A_PAGES, B_PAGES};
 use super::{Counter, Shared};
 use crate::rng::Rng;
 use crate::world::P;
-
-fn locked<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What an operation's error means.
 fn judge(sh: &Shared, what: &str, e: &str) {
@@ -96,11 +94,11 @@ pub(crate) fn one(sh: &Arc<Shared>, slots: &[Arc<Slot>], rng: &mut Rng) {
         680..=699 => {
             // Device memory: dmirror migrates part of its range there and back.
             let (a, n) = range(l.a, A_PAGES, rng);
-            let sva = locked(&l.drivers.sva).is_some();
+            let sva = lock(&l.drivers.sva).is_some();
             if sva && !sh.sva_over_device_memory {
                 return;
             }
-            if let Some(d) = &*locked(&l.drivers.dmirror) {
+            if let Some(d) = &*lock(&l.drivers.dmirror) {
                 sh.count(Counter::DeviceMigrations);
                 if rng.chance(1, 2) {
                     dr(sh, "migrate_to_device", d.migrate_to_device(a, n.min(8)));
@@ -113,7 +111,7 @@ pub(crate) fn one(sh: &Arc<Shared>, slots: &[Arc<Slot>], rng: &mut Rng) {
         720..=734 => {
             // A device fault in progress: odp's umem mutex held a moment, so a concurrent
             // non-blockable invalidation is refused (trylock) and retried.
-            if let Some(o) = &*locked(&l.drivers.odp) {
+            if let Some(o) = &*lock(&l.drivers.odp) {
                 sh.count(Counter::Holds);
                 let _g = o.hold_umem_mutex();
                 std::thread::sleep(Duration::from_micros(300));
@@ -178,7 +176,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
     let d = &l.drivers;
     match rng.below(6) {
         0 => {
-            if let Some(x) = &*locked(&d.dmirror) {
+            if let Some(x) = &*lock(&d.dmirror) {
                 match rng.below(3) {
                     0 => drop(dr(sh, "dmirror fault", x.fault(addr, 1, write))),
                     1 => drop(dr(sh, "dmirror read", x.read(addr, 1))),
@@ -187,7 +185,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
             }
         }
         1 => {
-            if let Some(x) = &*locked(&d.odp) {
+            if let Some(x) = &*lock(&d.odp) {
                 if rng.chance(1, 2) {
                     dr(sh, "odp fault", x.page_fault(addr, 1, write));
                 } else {
@@ -196,7 +194,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
             }
         }
         2 => {
-            if let Some(x) = &*locked(&d.kvm) {
+            if let Some(x) = &*lock(&d.kvm) {
                 if write {
                     dr(sh, "kvm write", x.guest_write(addr, page));
                 } else {
@@ -205,7 +203,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
             }
         }
         3 => {
-            if let Some(x) = &*locked(&d.gntdev) {
+            if let Some(x) = &*lock(&d.gntdev) {
                 if rng.chance(1, 4) {
                     dr(sh, "gntdev remap", x.remap(&l.process));
                 } else {
@@ -215,7 +213,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
             }
         }
         4 => {
-            if let Some(x) = &*locked(&d.userptr) {
+            if let Some(x) = &*lock(&d.userptr) {
                 if rng.chance(1, 4) {
                     dr(sh, "userptr get_pages", x.get_pages(&l.process));
                 } else {
@@ -229,7 +227,7 @@ fn device(sh: &Shared, l: &Live, rng: &mut Rng) {
             }
         }
         _ => {
-            if let Some(x) = &*locked(&d.sva) {
+            if let Some(x) = &*lock(&d.sva) {
                 dr(sh, "sva dma", x.dma(addr, write.then_some(page)));
             }
         }
@@ -249,7 +247,7 @@ fn fork(sh: &Shared, l: &Live, rng: &mut Rng) {
 }
 
 fn churn(sh: &Shared, l: &Live, rng: &mut Rng) {
-    let mut c = locked(&l.drivers.churn);
+    let mut c = lock(&l.drivers.churn);
     if c.len() < 3 && rng.chance(1, 2) {
         let name = format!("churn#{}", sh.counter(Counter::SubscribersJoined));
         if let Some(d) = dr(
@@ -291,7 +289,7 @@ fn hog(sh: &Shared, rng: &mut Rng) {
 /// The deliberately buggy mirror, with a collision injected in its fault window: a
 /// `MADV_DONTNEED` of the page between the lookup and the publish.
 fn buggy(sh: &Shared, l: &Live, rng: &mut Rng) {
-    let Some(x) = &*locked(&l.drivers.buggy) else {
+    let Some(x) = &*lock(&l.drivers.buggy) else {
         return;
     };
     let addr = l.a + rng.below(A_PAGES) * P;

@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
+use sync_prims::lock;
+
 use drivers::buggy::BuggyMirror;
 use drivers::dmirror::Dmirror;
 use drivers::gntdev::Gntdev;
@@ -55,10 +57,6 @@ pub(crate) struct Slot {
     pub(crate) index: usize,
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Builds a slot's process, mappings and drivers. Errors (out of memory while building)
 /// leave the slot empty; a later operation retries.
 pub(crate) fn build(m: &Machine, sh: &Shared, index: usize) -> Option<Live> {
@@ -79,24 +77,24 @@ pub(crate) fn build(m: &Machine, sh: &Shared, index: usize) -> Option<Live> {
         .ok();
     let d = Drivers::default();
     let name = |k: &str| format!("{k}#{index}");
-    *locked(&d.dmirror) = Dmirror::open(&process, c, &name("dmirror")).ok();
-    *locked(&d.odp) =
+    *lock(&d.dmirror) = Dmirror::open(&process, c, &name("dmirror")).ok();
+    *lock(&d.odp) =
         OdpMr::register(&process, c, &name("odp"), a, A_PAGES * P, NonBlock::TryLock).ok();
-    *locked(&d.kvm) = Kvm::create(&process, c, &name("kvm"), KvmVariant::Current).ok();
-    *locked(&d.gntdev) = Gntdev::map(&process, c, &name("gntdev"), a, 16).ok();
+    *lock(&d.kvm) = Kvm::create(&process, c, &name("kvm"), KvmVariant::Current).ok();
+    *lock(&d.gntdev) = Gntdev::map(&process, c, &name("gntdev"), a, 16).ok();
     // i915's userptr refuses every non-blockable range (as `i915_gem_userptr_invalidate`
     // does), so the OOM reaper can never reap its VMA: only every other process has one, so
     // that reaping both fails and succeeds.
     if index % 2 == 0 {
-        *locked(&d.userptr) = Userptr::create(&process, c, &name("userptr"), a + 16 * P, 16).ok();
+        *lock(&d.userptr) = Userptr::create(&process, c, &name("userptr"), a + 16 * P, 16).ok();
     }
     // Unless asked, the IOMMU binds only where dmirror does not migrate to device memory
     // (see `TortureConfig::sva_over_device_memory`).
     if sh.sva_over_device_memory || index % 2 == 1 {
-        *locked(&d.sva) = Sva::bind(&process, c, &name("sva")).ok();
+        *lock(&d.sva) = Sva::bind(&process, c, &name("sva")).ok();
     }
     if let Some(bug) = sh.buggy {
-        *locked(&d.buggy) = BuggyMirror::open(&process, c, bug).ok();
+        *lock(&d.buggy) = BuggyMirror::open(&process, c, bug).ok();
     }
     Some(Live {
         process,
@@ -119,28 +117,28 @@ pub(crate) fn retire(sh: &Shared, live: Live) -> usize {
             errors += 1;
         }
     };
-    for x in locked(&d.churn).drain(..) {
+    for x in lock(&d.churn).drain(..) {
         count(x.close());
     }
-    if let Some(x) = locked(&d.dmirror).take() {
+    if let Some(x) = lock(&d.dmirror).take() {
         count(x.close());
     }
-    if let Some(x) = locked(&d.odp).take() {
+    if let Some(x) = lock(&d.odp).take() {
         count(x.deregister());
     }
-    if let Some(x) = locked(&d.kvm).take() {
+    if let Some(x) = lock(&d.kvm).take() {
         count(x.destroy());
     }
-    if let Some(x) = locked(&d.gntdev).take() {
+    if let Some(x) = lock(&d.gntdev).take() {
         count(x.unmap());
     }
-    if let Some(x) = locked(&d.userptr).take() {
+    if let Some(x) = lock(&d.userptr).take() {
         count(x.close(&live.process));
     }
-    if let Some(x) = locked(&d.sva).take() {
+    if let Some(x) = lock(&d.sva).take() {
         count(x.unbind());
     }
-    drop(locked(&d.buggy).take());
+    drop(lock(&d.buggy).take());
     drop(live._inject);
     if live.process.exit().is_err() {
         errors += 1;
