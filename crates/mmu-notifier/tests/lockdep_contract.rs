@@ -15,9 +15,7 @@
 use std::sync::Arc;
 
 use lockdep::scope::Scope;
-use lockdep::{
-    might_alloc, DynamicKey, Gfp, LockClass, LockMap, Mutex, Report, ReportKind, SpinLock,
-};
+use lockdep::{might_alloc, DynamicKey, Gfp, LockMap, Mutex, Report, ReportKind, SpinLock};
 use mmu_notifier::{
     Capabilities, Event, Findings, Interval, IntervalNotifier, IntervalNotifierOps, Mm,
     MmuNotifierOps, Range, Warning, WouldBlock,
@@ -155,14 +153,6 @@ struct SleepsInNonblock {
     lock: Mutex<()>,
 }
 
-impl SleepsInNonblock {
-    fn new(class: impl Into<LockClass>) -> Self {
-        Self {
-            lock: Mutex::new((), class),
-        }
-    }
-}
-
 impl MmuNotifierOps for SleepsInNonblock {
     fn capabilities(&self) -> Capabilities {
         Capabilities::INVALIDATE_RANGE_START | Capabilities::INVALIDATE_RANGE_END
@@ -178,7 +168,11 @@ fn seed003_mutex_in_nonblockable_start_is_reported_with_non_block_1() {
     let scope = Scope::new();
     let key = DynamicKey::new("seed003-mutex");
     let mm = Mm::new();
-    let _sub = mm.register(SleepsInNonblock::new(&key)).unwrap();
+    let _sub = mm
+        .register(SleepsInNonblock {
+            lock: Mutex::new((), &key),
+        })
+        .unwrap();
     // Uncontended: nothing blocks, yet the mutex could have.
     mm.invalidate_range_start_nonblock(range()).unwrap().end();
     let r = scope.of_kind(ReportKind::SleepingInInvalidContext);
@@ -197,7 +191,11 @@ fn seed003_the_same_notifier_in_a_blockable_range_is_clean() {
     let scope = Scope::new();
     let key = DynamicKey::new("seed003-blockable");
     let mm = Mm::new();
-    let _sub = mm.register(SleepsInNonblock::new(&key)).unwrap();
+    let _sub = mm
+        .register(SleepsInNonblock {
+            lock: Mutex::new((), &key),
+        })
+        .unwrap();
     mm.invalidate_range_start(range()).end();
     assert!(scope.is_clean(), "{}", describe(&scope.reports()));
 }
@@ -206,14 +204,6 @@ fn seed003_the_same_notifier_in_a_blockable_range_is_clean() {
 /// to do.
 struct TriesInNonblock {
     lock: Mutex<()>,
-}
-
-impl TriesInNonblock {
-    fn new(class: impl Into<LockClass>) -> Self {
-        Self {
-            lock: Mutex::new((), class),
-        }
-    }
 }
 
 impl MmuNotifierOps for TriesInNonblock {
@@ -237,7 +227,11 @@ fn seed003_try_lock_in_nonblockable_start_is_clean_even_when_it_refuses() {
     let scope = Scope::new();
     let key = DynamicKey::new("seed003-trylock");
     let mm = Mm::new();
-    let sub = mm.register(TriesInNonblock::new(&key)).unwrap();
+    let sub = mm
+        .register(TriesInNonblock {
+            lock: Mutex::new((), &key),
+        })
+        .unwrap();
     mm.invalidate_range_start_nonblock(range()).unwrap().end();
     {
         let _held = sub.lock.lock();
@@ -384,7 +378,9 @@ fn unregister_while_holding_a_spinlock_is_reported() {
     let spin = SpinLock::new((), &key);
     let mm = Mm::new();
     let sub = mm
-        .register(SleepsInNonblock::new(DynamicKey::new("unused").class()))
+        .register(SleepsInNonblock {
+            lock: Mutex::new((), DynamicKey::new("unused").class()),
+        })
         .unwrap();
     {
         let _g = spin.lock();
@@ -431,7 +427,11 @@ fn a_correct_driver_exercising_the_whole_contract_is_clean() {
         })
         .unwrap();
     // Seed 003's fix: a sleeping lock only when blockable, try_lock otherwise.
-    let tries = mm.register(TriesInNonblock::new(&tkey)).unwrap();
+    let tries = mm
+        .register(TriesInNonblock {
+            lock: Mutex::new((), &tkey),
+        })
+        .unwrap();
     let iv = Arc::new(
         mm.interval_notifier_insert(
             0x1000,
