@@ -283,15 +283,9 @@ fn f8_intervals_by_ascending_start_then_list_newest_first() {
     let log = Log::default();
     let _old = mm.register(Counter::new("old", &log)).unwrap();
     let _new = mm.register(Counter::new("new", &log)).unwrap();
-    let hi = mm
-        .interval_notifier_insert(0x3000, 0x1000, MirrorRef(Mirror::new("hi", &log)))
-        .unwrap();
-    let lo = mm
-        .interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("lo", &log)))
-        .unwrap();
-    let _miss = mm
-        .interval_notifier_insert(0x9000, 0x1000, MirrorRef(Mirror::new("miss", &log)))
-        .unwrap();
+    let hi = insert_mirror(&mm, 0x3000, 0x1000, "hi", &log);
+    let lo = insert_mirror(&mm, 0x1000, 0x1000, "lo", &log);
+    let _miss = insert_mirror(&mm, 0x9000, 0x1000, "miss", &log);
     drop(mm.invalidate_range_start(range(0, 0x8000)));
     assert_eq!(
         log.take(),
@@ -347,13 +341,9 @@ fn f9_insert_rejects_zero_length_and_overflow() {
         );
     }
     // The largest legal interval ends exactly at u64::MAX.
-    let iv = mm
-        .interval_notifier_insert(0, u64::MAX, MirrorRef(Mirror::new("all", &log)))
-        .unwrap();
+    let iv = insert_mirror(&mm, 0, u64::MAX, "all", &log);
     assert_eq!((iv.start(), iv.last()), (0, u64::MAX - 1));
-    let top = mm
-        .interval_notifier_insert(u64::MAX, 1, MirrorRef(Mirror::new("top", &log)))
-        .unwrap();
+    let top = insert_mirror(&mm, u64::MAX, 1, "top", &log);
     assert_eq!(top.last(), u64::MAX);
 }
 
@@ -390,9 +380,7 @@ fn f9_only_overlapping_intervals_are_invalidated_and_read_retry_sees_it() {
 fn f10_sequence_is_odd_only_while_an_interval_is_hit_and_deferred_ops_apply_at_last_end() {
     let (mm, _d) = mm();
     let log = Log::default();
-    let a = mm
-        .interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("a", &log)))
-        .unwrap();
+    let a = insert_mirror(&mm, 0x1000, 0x1000, "a", &log);
     let st = mm.interval_state().unwrap();
     assert_eq!(
         (st.seq, st.active, st.intervals),
@@ -413,9 +401,7 @@ fn f10_sequence_is_odd_only_while_an_interval_is_hit_and_deferred_ops_apply_at_l
     assert_eq!((st.seq, st.active), (3, 2), "fully excluded: odd");
 
     // Inserts and removes are deferred while the tree is frozen.
-    let b = mm
-        .interval_notifier_insert(0x5000, 0x1000, MirrorRef(Mirror::new("b", &log)))
-        .unwrap();
+    let b = insert_mirror(&mm, 0x5000, 0x1000, "b", &log);
     assert_eq!(mm.interval_state().unwrap().deferred, 1);
     assert_eq!(mm.interval_state().unwrap().intervals, 1);
 
@@ -439,13 +425,8 @@ fn f10_sequence_is_odd_only_while_an_interval_is_hit_and_deferred_ops_apply_at_l
 fn f11_read_begin_waits_only_for_an_epoch_that_hit_its_interval() {
     let (mm, _d) = mm();
     let log = Log::default();
-    let a = Arc::new(
-        mm.interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("a", &log)))
-            .unwrap(),
-    );
-    let b = mm
-        .interval_notifier_insert(0x8000, 0x1000, MirrorRef(Mirror::new("b", &log)))
-        .unwrap();
+    let a = Arc::new(insert_mirror(&mm, 0x1000, 0x1000, "a", &log));
+    let b = insert_mirror(&mm, 0x8000, 0x1000, "b", &log);
     let g = mm.invalidate_range_start(range(0x1000, 0x2000));
     // b was not hit: no wait even though the sequence is odd.
     let sb = b.read_begin();
@@ -466,9 +447,7 @@ fn f11_read_begin_waits_only_for_an_epoch_that_hit_its_interval() {
 fn insert_during_an_open_epoch_makes_the_first_read_begin_wait() {
     let (mm, _d) = mm();
     let log = Log::default();
-    let _a = mm
-        .interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("a", &log)))
-        .unwrap();
+    let _a = insert_mirror(&mm, 0x1000, 0x1000, "a", &log);
     for hit_existing in [true, false] {
         // Odd epoch (deferred insert) and even-but-active epoch (immediate insert, forced odd).
         let r = if hit_existing {
@@ -477,10 +456,7 @@ fn insert_during_an_open_epoch_makes_the_first_read_begin_wait() {
             range(0x7000, 0x8000)
         };
         let g = mm.invalidate_range_start(r);
-        let n = Arc::new(
-            mm.interval_notifier_insert(0x7000, 0x1000, MirrorRef(Mirror::new("n", &log)))
-                .unwrap(),
-        );
+        let n = Arc::new(insert_mirror(&mm, 0x7000, 0x1000, "n", &log));
         let n2 = n.clone();
         let h = spawn_blocked(
             &format!("first read_begin must wait (hit_existing={hit_existing})"),
@@ -498,13 +474,9 @@ fn insert_during_an_open_epoch_makes_the_first_read_begin_wait() {
 fn f12_remove_cancels_a_pending_insert_without_waiting() {
     let (mm, _d) = mm();
     let log = Log::default();
-    let _a = mm
-        .interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("a", &log)))
-        .unwrap();
+    let _a = insert_mirror(&mm, 0x1000, 0x1000, "a", &log);
     let g = mm.invalidate_range_start(range(0x1000, 0x2000));
-    let n = mm
-        .interval_notifier_insert(0x9000, 0x1000, MirrorRef(Mirror::new("n", &log)))
-        .unwrap();
+    let n = insert_mirror(&mm, 0x9000, 0x1000, "n", &log);
     assert_eq!(mm.interval_state().unwrap().deferred, 1);
     n.remove().unwrap(); // would hang here if it waited for `g`
     assert_eq!(mm.interval_state().unwrap().deferred, 0);
@@ -938,9 +910,7 @@ fn interval_then_list_refusal(
 ) -> (Mm, mmu_notifier::IntervalNotifier, Arc<Mutex<()>>) {
     let (mm, _d) = mm_with(profile);
     let log = Log::default();
-    let iv = mm
-        .interval_notifier_insert(0x1000, 0x1000, MirrorRef(Mirror::new("iv", &log)))
-        .unwrap();
+    let iv = insert_mirror(&mm, 0x1000, 0x1000, "iv", &log);
     let lock = Arc::new(Mutex::new(()));
     let b = mm
         .register(Trylock {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use mmu_notifier::{
-    Capabilities, Diagnostics, Event, Interval, IntervalNotifierOps, Mm, MmuNotifierOps, Profile,
-    Range, WouldBlock,
+    Capabilities, Diagnostics, Event, Interval, IntervalNotifier, IntervalNotifierOps, Mm,
+    MmuNotifierOps, Profile, Range, WouldBlock,
 };
 
 /// A shared event log: "name:what".
@@ -195,4 +195,17 @@ pub fn spawn_blocked<T: Send + 'static>(
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(!done.load(SeqCst), "{what}");
     h
+}
+
+/// Inserts a recording [`Mirror`] named `name` over `len` bytes from `start` of `mm` (a test's
+/// setup: panics if the insert fails).
+pub fn insert_mirror(
+    mm: &Mm,
+    start: u64,
+    len: u64,
+    name: &'static str,
+    log: &Log,
+) -> IntervalNotifier {
+    mm.interval_notifier_insert(start, len, MirrorRef(Mirror::new(name, log)))
+        .unwrap()
 }
