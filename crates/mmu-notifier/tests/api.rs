@@ -173,14 +173,7 @@ fn lock_or_refuse_takes_the_lock_when_blockable_and_refuses_when_busy() {
     let (mm, _d) = mm();
     let log = Log::default();
     let busy = Arc::new(Mutex::new(()));
-    let sub = mm
-        .register(Trylock {
-            name: "b",
-            log: log.clone(),
-            lock: busy.clone(),
-            starts: AtomicUsize::new(0),
-        })
-        .unwrap();
+    let sub = mm.register(Trylock::new("b", &log, &busy)).unwrap();
     let held = busy.lock().unwrap();
     assert!(mm
         .invalidate_range_start_nonblock(range(0, 0x1000))

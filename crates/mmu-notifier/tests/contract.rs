@@ -202,14 +202,7 @@ fn f6_nonblock_start_clears_blockable_and_fails_with_would_block() {
     let (mm, _d) = mm();
     let log = Log::default();
     let lock = Arc::new(Mutex::new(()));
-    let b = mm
-        .register(Trylock {
-            name: "b",
-            log: log.clone(),
-            lock: lock.clone(),
-            starts: AtomicUsize::new(0),
-        })
-        .unwrap();
+    let b = mm.register(Trylock::new("b", &log, &lock)).unwrap();
     let g = mm.invalidate_range_start_nonblock(range(0, 4096)).unwrap();
     assert!(!g.range().is_blockable());
     drop(g);
@@ -229,14 +222,7 @@ fn seed004(profile: Profile) -> (i64, usize, Vec<String>) {
     let log = Log::default();
     let lock = Arc::new(Mutex::new(()));
     let a = mm.register(Counter::new("A", &log)).unwrap();
-    let b = mm
-        .register(Trylock {
-            name: "B",
-            log: log.clone(),
-            lock: lock.clone(),
-            starts: AtomicUsize::new(0),
-        })
-        .unwrap();
+    let b = mm.register(Trylock::new("B", &log, &lock)).unwrap();
     let c = mm.register(Counter::new("C", &log)).unwrap();
     // Someone holds B's lock while the OOM reaper tries the address space.
     let held = lock.lock().unwrap();
@@ -912,14 +898,7 @@ fn interval_then_list_refusal(
     let log = Log::default();
     let iv = insert_mirror(&mm, 0x1000, 0x1000, "iv", &log);
     let lock = Arc::new(Mutex::new(()));
-    let b = mm
-        .register(Trylock {
-            name: "b",
-            log: log.clone(),
-            lock: lock.clone(),
-            starts: AtomicUsize::new(0),
-        })
-        .unwrap();
+    let b = mm.register(Trylock::new("b", &log, &lock)).unwrap();
     let held = lock.lock().unwrap();
     assert!(mm
         .invalidate_range_start_nonblock(range(0, 0x10000))

@@ -116,6 +116,19 @@ pub struct Trylock {
     pub starts: AtomicUsize,
 }
 
+impl Trylock {
+    /// A subscriber `name` logging to `log` whose starts take `lock` (try-lock when
+    /// non-blockable).
+    pub fn new(name: &'static str, log: &Log, lock: &Arc<Mutex<()>>) -> Trylock {
+        Trylock {
+            name,
+            log: log.clone(),
+            lock: lock.clone(),
+            starts: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl MmuNotifierOps for Trylock {
     fn capabilities(&self) -> Capabilities {
         Capabilities::INVALIDATE_RANGE_START | Capabilities::START_CAN_FAIL
