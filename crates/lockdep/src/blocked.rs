@@ -6,6 +6,12 @@
 //! stuck ([`blocked_tasks`]) can then say what it holds and what it waits for — which a task's
 //! own held-lock stack, private to its thread, cannot tell another thread. Uncontended
 //! acquisitions publish nothing: the cost is paid only by tasks that wait anyway.
+//!
+//! Telling the two apart costs one attempt before the wait. It is the raw lock's own
+//! uncontended compare-and-swap (`Backend::try_lock_uncontended`: `parking_lot`'s
+//! `try_lock_for(0)`), not `try_lock`, which loads the state first: a `parking_lot` pair taken
+//! with `try_lock` before each `lock` cost 1.16× the bare pair on the project's VM, this
+//! attempt 1.00× (medians of 401 interleaved batches).
 
 use std::panic::Location;
 use std::sync::{Arc, Mutex, PoisonError, Weak};

@@ -22,6 +22,16 @@
 //! validation, so a thread that hits never skips a check no one made. The model test
 //! `tests/loom_chain_cache.rs` checks the protocol.
 //!
+//! # The per-thread memo
+//!
+//! In front of the table each task keeps a [`Memo`]: a small direct-mapped array of chain keys
+//! it has itself found in its context's table. The steady-state acquisition is then the rolling
+//! hash of the held-lock stack plus one load from the task's own memory: no shared line is
+//! read, none is written. A key enters the memo only after a hit in the table (an `Acquire`
+//! load that saw the key, so the validation happened before), never after a validation that
+//! could not be published (a full table), and the memo is emptied whenever the task changes
+//! validator context, so a chain validated in one context is validated again in the next.
+//!
 //! When the table is three-quarters full the validator reports once and validates the
 //! remaining new chains under the graph lock every time (correct, slower), as the kernel's
 //! `MAX_LOCKDEP_CHAINS` does, minus the kernel's turning itself off.
@@ -106,6 +116,36 @@ impl ChainCache {
     }
 }
 
+/// Slots in a task's [`Memo`].
+const MEMO_SLOTS: usize = 64;
+
+/// A task's private memo of chain keys found in its context's [`ChainCache`] (see the module
+/// documentation). Direct-mapped: a key lives at `key % 64` or not at all; 0 is empty.
+pub(crate) struct Memo([u64; MEMO_SLOTS]);
+
+impl Memo {
+    pub(crate) const fn new() -> Self {
+        Self([0; MEMO_SLOTS])
+    }
+
+    /// Whether `key` was found in the context's table before (one load).
+    #[inline(always)]
+    pub(crate) fn contains(&self, key: u64) -> bool {
+        self.0[key as usize % MEMO_SLOTS] == key
+    }
+
+    /// Remembers `key`, which the caller just found in its context's table.
+    #[inline(always)]
+    pub(crate) fn remember(&mut self, key: u64) {
+        self.0[key as usize % MEMO_SLOTS] = key;
+    }
+
+    /// Forgets everything: the task changed validator context.
+    pub(crate) fn clear(&mut self) {
+        self.0 = [0; MEMO_SLOTS];
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -117,6 +157,20 @@ mod tests {
         let c = chain_hash(chain_hash(1, 10, Read::Recursive), 11, Read::Exclusive);
         assert_ne!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_memo_holds_what_it_was_given_until_cleared() {
+        let mut m = Memo::new();
+        assert!(!m.contains(7));
+        m.remember(7);
+        assert!(m.contains(7));
+        // A key of the same slot replaces it: a memo miss, never a false hit.
+        m.remember(7 + MEMO_SLOTS as u64);
+        assert!(!m.contains(7));
+        assert!(m.contains(7 + MEMO_SLOTS as u64));
+        m.clear();
+        assert!(!m.contains(7 + MEMO_SLOTS as u64));
     }
 
     #[test]

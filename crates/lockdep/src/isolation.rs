@@ -61,8 +61,7 @@ impl Context {
     pub fn enter(&self) -> ContextGuard {
         #[cfg(feature = "enabled")]
         {
-            let previous =
-                crate::task::with_task(|t| std::mem::replace(&mut t.domain, self.domain.clone()));
+            let previous = crate::task::with_task(|t| t.set_domain(self.domain.clone()));
             ContextGuard {
                 previous,
                 _task_bound: PhantomData,
@@ -111,7 +110,7 @@ impl Drop for ContextGuard {
     fn drop(&mut self) {
         #[cfg(feature = "enabled")]
         if let Some(previous) = self.previous.take() {
-            crate::task::with_task(|t| t.domain = previous);
+            crate::task::with_task(|t| t.set_domain(previous));
         }
     }
 }

@@ -99,7 +99,9 @@
 //! the crate's README.
 
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
-#![forbid(unsafe_code)]
+// One `unsafe` block in the crate: `task::with_task_fast`, the acquire/release fast path
+// without the `RefCell` borrow flag's stores (measured: 1.6 ns of a 26 ns validated pair).
+#![deny(unsafe_code)]
 
 // From the bottom up: each module imports only modules above it in this list.
 #[cfg_attr(not(feature = "enabled"), allow(dead_code))]

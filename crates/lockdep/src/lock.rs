@@ -49,6 +49,13 @@ pub trait Backend: sealed::Sealed {
     fn lock<T>(raw: &Self::Raw<T>) -> Self::Guard<'_, T>;
     #[doc(hidden)]
     fn try_lock<T>(raw: &Self::Raw<T>) -> Option<Self::Guard<'_, T>>;
+    /// The raw lock's own uncontended fast path, before a waiting acquisition: one
+    /// compare-and-swap from unlocked, where `try_lock` loads the state first (measured: a
+    /// `parking_lot` pair with `try_lock` before each `lock` costs 1.16× the bare pair; this,
+    /// 1.00×). It may give up where `try_lock` would not (a spurious failure, or a holder
+    /// that lets go while it spins briefly), which only sends the caller the contended way.
+    #[doc(hidden)]
+    fn try_lock_uncontended<T>(raw: &Self::Raw<T>) -> Option<Self::Guard<'_, T>>;
 }
 
 /// The backend of [`Mutex`]: a sleeping lock (`struct mutex`).
@@ -93,6 +100,9 @@ impl Backend for MutexBackend {
     fn lock<T>(raw: &RawMutex<T>) -> RawMutexGuard<'_, T> {
         raw.lock()
     }
+    fn try_lock_uncontended<T>(raw: &RawMutex<T>) -> Option<RawMutexGuard<'_, T>> {
+        raw.try_lock_for(std::time::Duration::ZERO)
+    }
 }
 
 impl Backend for SpinBackend {
@@ -111,6 +121,10 @@ impl Backend for SpinBackend {
             spin(spins);
             spins = spins.saturating_add(1);
         }
+    }
+    /// Taking a spinlock is `try_lock` in a loop: its first turn.
+    fn try_lock_uncontended<T>(raw: &RawMutex<T>) -> Option<RawMutexGuard<'_, T>> {
+        raw.try_lock()
     }
 }
 
@@ -134,6 +148,9 @@ impl Backend for RwBackend {
     }
     fn try_lock<T>(raw: &RawRwLock<T>) -> Option<RawRwLockWriteGuard<'_, T>> {
         raw.try_write()
+    }
+    fn try_lock_uncontended<T>(raw: &RawRwLock<T>) -> Option<RawRwLockWriteGuard<'_, T>> {
+        raw.try_write_for(std::time::Duration::ZERO)
     }
 }
 
@@ -264,7 +281,7 @@ impl<T, B: Backend> Lock<T, B> {
     /// The one body of every waiting acquisition: validate (as `class`, held as `read`), then
     /// take the raw lock with `try_take`, or — contended — publish what this task waits for
     /// and holds (`blocked_tasks`) and wait with `take`.
-    #[inline]
+    #[inline(always)]
     fn blocking<'a, G>(
         &'a self,
         class: LockClass,
@@ -277,8 +294,20 @@ impl<T, B: Backend> Lock<T, B> {
         if let Some(g) = try_take(&self.raw) {
             return (held, g);
         }
+        (held, self.contended(class, loc, take))
+    }
+
+    /// A waiting acquisition found the lock taken: publish, wait, withdraw.
+    #[cold]
+    #[inline(never)]
+    fn contended<'a, G>(
+        &'a self,
+        class: LockClass,
+        loc: &'static Location<'static>,
+        take: impl FnOnce(&'a B::Raw<T>) -> G,
+    ) -> G {
         let _waiting = validator::waiting(class, self.instance(), loc);
-        (held, take(&self.raw))
+        take(&self.raw)
     }
 
     /// The one body of every trylock: take the raw lock if free, then record it as a trylock.
@@ -315,7 +344,13 @@ impl<T, B: Backend> Lock<T, B> {
 
     #[inline]
     fn lock_as(&self, class: LockClass, loc: &'static Location<'static>) -> LockGuard<'_, T, B> {
-        let (held, inner) = self.blocking(class, Read::Exclusive, loc, B::try_lock, B::lock);
+        let (held, inner) = self.blocking(
+            class,
+            Read::Exclusive,
+            loc,
+            B::try_lock_uncontended,
+            B::lock,
+        );
         LockGuard { _held: held, inner }
     }
 

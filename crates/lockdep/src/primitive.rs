@@ -58,6 +58,9 @@ mod model_shim {
         pub(crate) fn try_lock(&self) -> Option<RawMutexGuard<'_, T>> {
             self.0.try_lock().ok()
         }
+        pub(crate) fn try_lock_for(&self, _: std::time::Duration) -> Option<RawMutexGuard<'_, T>> {
+            self.try_lock()
+        }
         pub(crate) fn into_inner(self) -> T {
             unpoison(self.0.into_inner())
         }
@@ -90,6 +93,12 @@ mod model_shim {
         }
         pub(crate) fn try_write(&self) -> Option<RawRwLockWriteGuard<'_, T>> {
             self.0.try_write().ok()
+        }
+        pub(crate) fn try_write_for(
+            &self,
+            _: std::time::Duration,
+        ) -> Option<RawRwLockWriteGuard<'_, T>> {
+            self.try_write()
         }
         pub(crate) fn into_inner(self) -> T {
             unpoison(self.0.into_inner())

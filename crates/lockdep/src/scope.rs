@@ -193,7 +193,7 @@ pub fn inherited() -> Inherited {
     {
         crate::task::with_task(|t| Inherited {
             scopes: t.scopes.clone(),
-            domain: t.domain.clone(),
+            domain: t.domain().clone(),
         })
         .unwrap_or_else(|| Inherited {
             scopes: Vec::new(),
@@ -215,7 +215,7 @@ impl Inherited {
                     t.scopes.push(s.clone());
                 }
             }
-            t.domain = self.domain.clone();
+            t.set_domain(self.domain.clone());
         });
     }
 }
@@ -246,7 +246,7 @@ pub fn collect_reports<R>(f: impl FnOnce() -> R) -> (R, Vec<Report>) {
 fn current_context() -> u64 {
     #[cfg(feature = "enabled")]
     {
-        crate::task::with_task(|t| t.domain.id).unwrap_or(0)
+        crate::task::with_task(|t| t.domain().id).unwrap_or(0)
     }
     #[cfg(not(feature = "enabled"))]
     0

@@ -15,6 +15,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::chain::Memo;
 use crate::class::ClassInfo;
 use crate::domain::Domain;
 use crate::report::{HeldLockInfo, Report, ReportKind, ThreadInfo};
@@ -71,8 +72,11 @@ pub(crate) struct Task {
     pub(crate) non_block_since: Option<&'static Location<'static>>,
     /// The scopes this thread reports to.
     pub(crate) scopes: Vec<Arc<Collector>>,
-    /// The validator context this thread works in.
-    pub(crate) domain: Arc<Domain>,
+    /// The validator context this thread works in (changed only by [`Task::set_domain`],
+    /// which empties the memo).
+    domain: Arc<Domain>,
+    /// Chain keys this task found in its context's chain cache (`chain.rs`).
+    pub(crate) memo: Memo,
     /// Where this task publishes what it waits for (made at its first contended lock).
     pub(crate) blocked: Option<Arc<crate::blocked::Slot>>,
 }
@@ -92,8 +96,40 @@ impl Task {
             non_block_since: None,
             scopes: Vec::new(),
             domain: crate::domain::global().clone(),
+            memo: Memo::new(),
             blocked: None,
         }
+    }
+
+    /// The validator context this task works in.
+    #[inline(always)]
+    pub(crate) fn domain(&self) -> &Arc<Domain> {
+        &self.domain
+    }
+
+    /// Moves the task to another validator context; returns the one it leaves. The memo of
+    /// chains found in the old context's cache is emptied: each chain is validated again in
+    /// the new one.
+    pub(crate) fn set_domain(&mut self, domain: Arc<Domain>) -> Arc<Domain> {
+        self.memo.clear();
+        std::mem::replace(&mut self.domain, domain)
+    }
+
+    /// Whether the chain `key` was validated in this task's context: the task's memo, then
+    /// the context's chain cache (a hit there is remembered). Loads only from shared memory.
+    #[inline(always)]
+    pub(crate) fn chain_validated(&mut self, key: u64) -> bool {
+        self.memo.contains(key) || self.chain_validated_in_context(key)
+    }
+
+    /// The memo missed: probe the context's chain cache.
+    #[inline(never)]
+    fn chain_validated_in_context(&mut self, key: u64) -> bool {
+        let hit = self.domain.chains.contains(key);
+        if hit {
+            self.memo.remember(key);
+        }
+        hit
     }
 
     /// Where this task's reports go.
@@ -130,7 +166,7 @@ impl Task {
     }
 
     /// Pushes an entry whose validation is done.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, entry: HeldLock, new_key: u64) {
         if entry.spin {
             self.enter_atomic(entry.loc);
@@ -140,7 +176,7 @@ impl Task {
     }
 
     /// Removes the entry for `instance`; `false` when it is not held.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop(&mut self, instance: usize) -> bool {
         let Some(top) = self.held.last() else {
             return false;
@@ -239,10 +275,33 @@ loom::thread_local! {
     static TASK: RefCell<Task> = RefCell::new(Task::new());
 }
 
+/// [`with_task`] for the fast paths of acquisition and release, without the two stores of
+/// the borrow flag (each store waits to drain at the lock's own atomic instruction that
+/// follows). `f` must not call `with_task` or `with_task_fast` (it is the validator's own
+/// code, never a report or user code). `None` where `with_task` would give `None`, including
+/// inside a `with_task` closure, so a re-entrant acquisition still stays out of the way.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn with_task_fast<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+    TASK.try_with(|cell| {
+        // SAFETY: the task cell is borrowed only mutably (through `with_task`) and only on
+        // this thread. `try_borrow_unguarded` succeeding means no such borrow is live now,
+        // and the reference it returns is dropped at once. `f` does not reach `with_task` or
+        // this function (the caller's contract), so the `&mut` made here is the only
+        // reference to the task until `f` returns.
+        unsafe {
+            cell.try_borrow_unguarded().ok()?;
+            Some(f(&mut *cell.as_ptr()))
+        }
+    })
+    .ok()
+    .flatten()
+}
+
 /// Runs `f` on the current task's state. `None` while the thread's locals are being torn
 /// down, or on re-entry (a report being built that takes a validated lock), where the
 /// validator stays out of the way rather than panic.
-#[inline]
+#[inline(always)]
 pub(crate) fn with_task<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
     TASK.try_with(|t| t.try_borrow_mut().ok().map(|mut t| f(&mut t)))
         .ok()

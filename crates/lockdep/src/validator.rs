@@ -36,7 +36,7 @@ use crate::class::{ClassInfo, DynamicKey, LockClass, Reclaim};
 use crate::graph::{dep_bit, dep_names, EdgeOrigin, Graph, Step};
 use crate::report::{ContextInfo, Dependency, Report, ReportKind};
 use crate::sink::{self, Route};
-use crate::task::{with_task, HeldLock, Task};
+use crate::task::{with_task, with_task_fast, HeldLock, Task};
 use crate::Read;
 
 /// How an acquisition holds the lock.
@@ -97,7 +97,7 @@ impl Held {
 }
 
 impl Drop for Held {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.instance != 0 {
             release(self.instance, None);
@@ -120,13 +120,17 @@ pub(crate) fn acquire(
     // The fast path builds the entry straight into the stack's storage: an entry built
     // earlier and borrowed by the validation closure was spilled and copied back, which cost
     // a store-forwarding stall on every acquisition.
-    let fast = with_task(|t| {
+    // The closure is the validator's own code and calls no `with_task`.
+    let fast = with_task_fast(|t| {
         let prev = t.chain_key;
         let key = chain_hash(prev, info.id, how.read);
         let bad_context = how.sleep && (t.preempt_count | t.non_block) != 0;
         // With nothing held there is nothing to order against: skip the lookup.
-        let validated = how.trylock || t.held.is_empty() || t.domain.chains.contains(key);
-        if bad_context || !validated {
+        let validated = how.trylock || t.held.is_empty() || t.chain_validated(key);
+        // A full stack grows on the slow path: no allocation call (and the registers it
+        // needs saved) here.
+        let room = t.held.len() < t.held.capacity();
+        if bad_context || !validated || !room {
             return false;
         }
         if how.spin {
@@ -250,9 +254,10 @@ pub(crate) fn might_acquire(class: LockClass, how: How, loc: &'static Location<'
 
 /// Records the release of the lock at `instance`. A release of a lock the task does not
 /// hold is a [`ReportKind::BadUnlock`] (with `loc` when the caller knows it).
-#[inline]
+#[inline(always)]
 pub(crate) fn release(instance: usize, loc: Option<&'static Location<'static>>) {
-    if with_task(|t| t.pop(instance)) == Some(false) {
+    // `Task::pop` calls no `with_task`.
+    if with_task_fast(|t| t.pop(instance)) == Some(false) {
         bad_unlock(loc);
     }
 }
@@ -310,14 +315,14 @@ pub(crate) fn context_info(t: &Task) -> ContextInfo {
 /// The chain-cache lookup and, on a miss, the validation of `entry` in the task's context.
 #[inline]
 fn validate(t: &Task, key: u64, entry: &HeldLock) -> Option<Report> {
-    t.domain
+    t.domain()
         .lookup_or_validate(key, |g| validate_chain(g, t, entry))
 }
 
 /// The `ChainTableFull` report, once per context, when its chain cache has filled up.
 #[cold]
 fn full_report(t: &Task) -> Option<Report> {
-    if !t.domain.take_full_notice() {
+    if !t.domain().take_full_notice() {
         return None;
     }
     let mut r = Report::new(ReportKind::ChainTableFull, t.thread(), None);
@@ -479,13 +484,13 @@ impl Drop for DynamicKey {
     fn drop(&mut self) {
         let ids = self.class_ids();
         crate::domain::global().with_locked(|l| l.graph.forget(&ids));
-        with_task(|t| t.domain.with_locked(|l| l.graph.forget(&ids)));
+        with_task(|t| t.domain().with_locked(|l| l.graph.forget(&ids)));
     }
 }
 
 /// Number of chains validated so far (cache misses) in the current thread's context.
 pub(crate) fn chains_validated() -> u64 {
-    with_task(|t| t.domain.with_locked(|l| l.chains_validated)).unwrap_or(0)
+    with_task(|t| t.domain().with_locked(|l| l.chains_validated)).unwrap_or(0)
 }
 
 /// The task is about to wait for the lock at `instance` (of `class`, asked for at `loc`):

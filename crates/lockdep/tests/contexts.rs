@@ -110,3 +110,33 @@ fn leaving_a_context_returns_to_the_previous_one() {
     ab(&b, &a); // back in `outer`, which has A -> B
     assert_eq!(scope.of_kind(CYCLE).len(), 1, "{:#?}", scope.reports());
 }
+
+/// A chain the full cache could not publish is validated on every acquisition: the task's
+/// memo of validated chains (`chain.rs`) remembers only chains found in the cache.
+#[test]
+fn a_chain_the_full_cache_refused_is_validated_every_time() {
+    let ctx = Context::new();
+    let _in = ctx.enter();
+    let scope = Scope::new();
+    let a = Mutex::new((), static_lock_class!("full-A"));
+    // More chains (A, Ki) than three-quarters of a context's 4,096 slots.
+    let keys: Vec<lockdep::DynamicKey> = (0..3200)
+        .map(|i| lockdep::DynamicKey::new(format!("full-{i}")))
+        .collect();
+    let locks: Vec<Mutex<()>> = keys.iter().map(|k| Mutex::new((), k)).collect();
+    for l in &locks {
+        ab(&a, l);
+    }
+    assert_eq!(
+        scope.of_kind(ReportKind::ChainTableFull).len(),
+        1,
+        "{:#?}",
+        scope.reports()
+    );
+    let last = locks.last().unwrap();
+    let before = ctx.chains_validated();
+    for _ in 0..3 {
+        ab(&a, last);
+    }
+    assert_eq!(ctx.chains_validated() - before, 3);
+}
