@@ -51,8 +51,8 @@ pub trait Backend: sealed::Sealed {
     fn try_lock<T>(raw: &Self::Raw<T>) -> Option<Self::Guard<'_, T>>;
     /// The raw lock's own uncontended fast path, before a waiting acquisition: one
     /// compare-and-swap from unlocked, where `try_lock` loads the state first (measured: a
-    /// `parking_lot` pair with `try_lock` before each `lock` costs 1.16× the bare pair; this,
-    /// 1.00×). It may give up where `try_lock` would not (a spurious failure, or a holder
+    /// `parking_lot` pair with `try_lock` before each `lock` costs 1.06–1.16× the bare pair;
+    /// this, 1.00×). It may give up where `try_lock` would not (a spurious failure, or a holder
     /// that lets go while it spins briefly), which only sends the caller the contended way.
     #[doc(hidden)]
     fn try_lock_uncontended<T>(raw: &Self::Raw<T>) -> Option<Self::Guard<'_, T>>;
