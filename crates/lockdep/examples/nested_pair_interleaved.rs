@@ -19,6 +19,20 @@ use lockdep::{static_lock_class, Mutex};
 
 const PAIRS: usize = 20_000;
 
+type Raw = parking_lot::Mutex<u64>;
+
+/// The raw pair, each lock taken by `take` (generic, so inlined: no indirect call).
+fn raw_pair<'a, F>(pa: &'a Raw, pb: &'a Raw, take: F) -> impl FnMut() + 'a
+where
+    F: for<'m> Fn(&'m Raw) -> parking_lot::MutexGuard<'m, u64> + 'a,
+{
+    move || {
+        let ga = take(pa);
+        let mut gb = take(pb);
+        *gb += black_box(*ga);
+    }
+}
+
 /// A variant: its name, whether validation is on while it runs, one pair.
 type Variant<'a> = (&'static str, bool, Box<dyn FnMut() + 'a>);
 
@@ -39,57 +53,41 @@ fn main() {
     let b = Mutex::new(0u64, static_lock_class!("interleaved-B"));
     let pa = parking_lot::Mutex::new(0u64);
     let pb = parking_lot::Mutex::new(0u64);
-    let validated = &mut || {
+    let lockdep_pair = || {
         let ga = a.lock();
         let mut gb = b.lock();
         *gb += black_box(*ga);
     };
-    validated(); // the first pair validates the chain: time the steady state
+    lockdep_pair(); // the first pair validates the chain: time the steady state
     let mut rows: Vec<Variant> = vec![
         (
             "parking_lot pair (the compiled-out type)",
             true,
-            Box::new(|| {
-                let ga = pa.lock();
-                let mut gb = pb.lock();
-                *gb += black_box(*ga);
-            }),
+            Box::new(raw_pair(&pa, &pb, |m| m.lock())),
         ),
         (
             "lockdep::Mutex pair, validated",
             true,
-            Box::new(|| {
-                let ga = a.lock();
-                let mut gb = b.lock();
-                *gb += black_box(*ga);
-            }),
+            Box::new(lockdep_pair),
         ),
         (
             "lockdep::Mutex pair, set_enabled(false)",
             false,
-            Box::new(|| {
-                let ga = a.lock();
-                let mut gb = b.lock();
-                *gb += black_box(*ga);
-            }),
+            Box::new(lockdep_pair),
         ),
         (
             "parking_lot pair, try_lock then lock",
             true,
-            Box::new(|| {
-                let ga = pa.try_lock().unwrap_or_else(|| pa.lock());
-                let mut gb = pb.try_lock().unwrap_or_else(|| pb.lock());
-                *gb += black_box(*ga);
-            }),
+            Box::new(raw_pair(&pa, &pb, |m| {
+                m.try_lock().unwrap_or_else(|| m.lock())
+            })),
         ),
         (
             "parking_lot pair, try_lock_for(0) then lock",
             true,
-            Box::new(|| {
-                let ga = pa.try_lock_for(Duration::ZERO).unwrap_or_else(|| pa.lock());
-                let mut gb = pb.try_lock_for(Duration::ZERO).unwrap_or_else(|| pb.lock());
-                *gb += black_box(*ga);
-            }),
+            Box::new(raw_pair(&pa, &pb, |m| {
+                m.try_lock_for(Duration::ZERO).unwrap_or_else(|| m.lock())
+            })),
         ),
     ];
     let mut samples = vec![Vec::with_capacity(batches); rows.len()];
