@@ -182,6 +182,87 @@ pub fn munmap_costs(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
+/// How long the monitor spins in the burst benchmark's "spin on" rows.
+pub const BURST_SPIN: Duration = Duration::from_micros(50);
+
+/// One burst figure: µs per munmap, and the uffd monitor's CPU per munmap (µs; `NAN` for the
+/// bare baseline, which has no monitor).
+#[derive(Clone, Copy, Debug)]
+pub struct Burst {
+    /// Median wall time per munmap, µs.
+    pub per_munmap: f64,
+    /// Median monitor CPU time per munmap, µs.
+    pub monitor_cpu: f64,
+}
+
+/// A burst: `cfg.slow_ops` touched 4 KiB pages, each with a cached registration, unmapped back
+/// to back. `spin`: `None` for bare munmaps (no monitor, no cache), `Some(d)` for a uffd
+/// monitor with [`MonitorConfig::spin`] `d`. Medians over `cfg.batches` bursts.
+pub fn munmap_burst(cfg: &BenchConfig, spin: Option<Duration>) -> Result<Burst> {
+    let page = page_size();
+    let host = HostMm::new();
+    let (mon, cache) = match spin {
+        Some(spin) => {
+            let mon = UffdMonitor::start(
+                &host,
+                MonitorConfig {
+                    spin,
+                    ..Default::default()
+                },
+            )?;
+            let cache = RegCache::new(
+                &host,
+                NoopRegistrar,
+                CacheConfig {
+                    monitor: Some(mon.clone()),
+                    max_entries: 1 << 20,
+                    ..Default::default()
+                },
+            )?;
+            (Some(mon), Some(cache))
+        }
+        None => (None, None),
+    };
+    // Lets the monitor finish its spin and publish its CPU time.
+    let settle = || std::thread::sleep(spin.unwrap_or_default() + Duration::from_millis(2));
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.batches {
+        let mut maps = Vec::with_capacity(cfg.slow_ops);
+        for _ in 0..cfg.slow_ops {
+            let m = Mapping::anonymous(page)?;
+            m.write_u64(0, 1);
+            if let Some(c) = &cache {
+                c.get(m.addr(), page)?;
+            }
+            maps.push(m.into_raw());
+        }
+        settle();
+        let cpu0 = mon.as_ref().map(|m| m.stats().cpu_ns);
+        let t = Instant::now();
+        for r in &maps {
+            // SAFETY: each mapping is ours (taken out of its `Mapping`) and nothing refers to it.
+            unsafe { rustix::mm::munmap(as_ptr(r), r.len() as usize) }.map_err(sys("munmap"))?;
+        }
+        wall.push(t.elapsed().as_secs_f64() * 1e6 / cfg.slow_ops as f64);
+        settle();
+        if let (Some(m), Some(c0)) = (&mon, cpu0) {
+            let ns = m.stats().cpu_ns.saturating_sub(c0);
+            cpu.push(ns as f64 / 1e3 / cfg.slow_ops as f64);
+        }
+        if let Some(c) = &cache {
+            c.flush();
+        }
+    }
+    Ok(Burst {
+        per_munmap: median(wall),
+        monitor_cpu: if cpu.is_empty() {
+            f64::NAN
+        } else {
+            median(cpu)
+        },
+    })
+}
+
 /// `cfg.entries` one-page ranges cached in both a [`RegCache`] and a [`MutexCache`].
 struct HitFixture {
     mem: Mapping,
@@ -218,36 +299,71 @@ impl HitFixture {
     }
 }
 
-/// Hit latency of [`RegCache`] vs [`MutexCache`], one thread, `entries` cached ranges looked up
-/// in a scrambled order. Medians in ns per lookup.
+/// Hit latency of [`RegCache`] vs [`MutexCache`], one thread, `entries` cached one-page ranges
+/// looked up at their start in a scrambled order. Medians in ns per lookup.
 pub fn hit_latency(cfg: &BenchConfig) -> Result<BenchRow> {
+    hit_latency_of(cfg, 1, 0)
+}
+
+/// The same with two-page ranges looked up by their second page: no range starts where the
+/// lookup does, so the index's hash probe fails and the sorted search finds the range.
+pub fn hit_latency_interior(cfg: &BenchConfig) -> Result<BenchRow> {
+    hit_latency_of(cfg, 2, 1)
+}
+
+/// `entries` ranges of `pages` pages each, looked up one page long at page `at` of each.
+/// Ours and the baseline alternate in short batches (many more than `cfg.batches`, each
+/// `cfg.ops / 10` lookups), so a preemption spoils few of them and the medians compare the two
+/// under the same conditions.
+fn hit_latency_of(cfg: &BenchConfig, pages: u64, at: u64) -> Result<BenchRow> {
     let page = page_size();
     let n = cfg.entries as u64;
-    let HitFixture {
-        mem,
-        host: _host,
-        cache,
-        base,
-    } = HitFixture::new(cfg)?;
-    let key = |i: usize| mem.addr() + ((i as u64).wrapping_mul(7919) % n) * page;
+    let span = pages * page;
+    let mem = Mapping::anonymous(n * span)?;
+    let host = HostMm::new();
+    let cache = RegCache::new(
+        &host,
+        NoopRegistrar,
+        CacheConfig {
+            max_entries: cfg.entries * 2,
+            ..Default::default()
+        },
+    )?;
+    let base = MutexCache::default();
+    for i in 0..n {
+        let s = mem.addr() + i * span;
+        cache.get(s, span)?;
+        base.insert(s, s + span);
+    }
+    let key = |i: usize| mem.addr() + ((i as u64).wrapping_mul(7919) % n) * span + at * page;
+    let ops = (cfg.ops / 10).max(100);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
-    for _ in 0..cfg.batches {
+    for b in 0..cfg.batches * 9 {
+        let first = b * ops;
         let t = Instant::now();
-        for i in 0..cfg.ops {
+        for i in first..first + ops {
             let h = cache.lookup(key(i), page)?;
             std::hint::black_box(h);
         }
-        ours.push(t.elapsed().as_nanos() as f64 / cfg.ops as f64);
+        ours.push(t.elapsed().as_nanos() as f64 / ops as f64);
         let t = Instant::now();
-        for i in 0..cfg.ops {
+        for i in first..first + ops {
             let k = key(i);
             std::hint::black_box(base.lookup(k, k + page));
         }
-        theirs.push(t.elapsed().as_nanos() as f64 / cfg.ops as f64);
+        theirs.push(t.elapsed().as_nanos() as f64 / ops as f64);
     }
+    if cache.stats().hits < (cfg.batches * 9 * ops) as u64 {
+        return Err(hostmm::Error::Config("the hit benchmark missed"));
+    }
+    let what = if at == 0 {
+        format!("cache hit, 1 thread, {} entries", cfg.entries)
+    } else {
+        format!("cache hit inside a range, 1 thread, {} entries", cfg.entries)
+    };
     Ok(BenchRow {
-        name: format!("cache hit, 1 thread, {} entries", cfg.entries),
+        name: what,
         value: median(ours),
         unit: "ns",
         baseline: Some(("Mutex<BTreeMap> hit".into(), median(theirs))),
@@ -399,7 +515,45 @@ pub fn miss_cost(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
 pub fn all(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     let mut rows = munmap_costs(cfg)?;
     rows.push(hit_latency(cfg)?);
+    rows.push(hit_latency_interior(cfg)?);
     rows.extend(hit_scaling(cfg)?);
     rows.extend(miss_cost(cfg)?);
+    rows.extend(burst_rows(cfg)?);
+    Ok(rows)
+}
+
+/// The burst figures as rows: bare, uffd with the monitor sleeping, uffd with it spinning
+/// [`BURST_SPIN`], and the monitor's CPU per munmap in the two uffd runs.
+pub fn burst_rows(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    let n = cfg.slow_ops;
+    let bare = munmap_burst(cfg, None)?.per_munmap;
+    let spin = std::env::var("MMNOTIFY_BENCH_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(BURST_SPIN, Duration::from_micros);
+    let mut rows = vec![BenchRow {
+        name: format!("munmap 4 KiB in a burst of {n}, bare"),
+        value: bare,
+        unit: "us",
+        baseline: None,
+    }];
+    for (what, d) in [
+        ("monitor sleeps".to_string(), Duration::ZERO),
+        (format!("monitor spins {} us", spin.as_micros()), spin),
+    ] {
+        let b = munmap_burst(cfg, Some(d))?;
+        rows.push(BenchRow {
+            name: format!("munmap 4 KiB in a burst of {n}, uffd, {what}"),
+            value: b.per_munmap,
+            unit: "us",
+            baseline: Some(("bare munmap in a burst".into(), bare)),
+        });
+        rows.push(BenchRow {
+            name: format!("uffd monitor CPU per munmap in the burst, {what}"),
+            value: b.monitor_cpu,
+            unit: "us",
+            baseline: Some(("wall time per munmap".into(), b.per_munmap)),
+        });
+    }
     Ok(rows)
 }

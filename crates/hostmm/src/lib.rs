@@ -82,6 +82,10 @@ mod sys;
 #[cfg(feature = "test-seams")]
 pub mod testing;
 
+/// The cache's read-copy-update publication, exposed for its model tests only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub use cache::publish;
 pub use cache::regcache::{CacheConfig, CacheStats, Handle, RegCache};
 pub use cache::registrar::{
     FrameRegistration, MlockRegistrar, NoopRegistrar, PagemapRegistrar, Registrar,
@@ -93,7 +97,7 @@ pub use primary::gate;
 pub use primary::host::HostMm;
 pub use primary::import::Importer;
 pub use primary::mapping::Mapping;
-pub use primary::monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch};
+pub use primary::monitor::{MonitorConfig, MonitorStats, UffdMonitor, Watch, DEFAULT_SPIN};
 pub use primary::source::Source;
 pub use sys::ranges::RangeCounts;
 pub use sys::uffd;

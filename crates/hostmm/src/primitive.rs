@@ -5,6 +5,6 @@
 //! guarded here stays consistent across a panic (updates are single assignments), and library
 //! code must not panic on another's panic.
 
-pub(crate) use sync_prims::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use sync_prims::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 pub(crate) use sync_prims::sync::{Condvar, Mutex};
 pub(crate) use sync_prims::{lock, spin, thread_stripe, unpoison, wait};

@@ -348,3 +348,100 @@ fn every_lookup_after_munmap_returns_sees_the_invalidation() {
         drop((n, w));
     }
 }
+
+/// Back-to-back unmaps of cached pages, each checked right after its `munmap` returned.
+/// Returns the monitor's stats.
+fn burst_under(config: MonitorConfig, pages: usize) -> Option<hostmm::MonitorStats> {
+    let host = HostMm::new();
+    let mon = monitor_or_skip(&host, config)?;
+    let cache = hostmm::RegCache::new(
+        &host,
+        hostmm::NoopRegistrar,
+        hostmm::CacheConfig {
+            monitor: Some(mon.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let page = hostmm::page_size();
+    let maps: Vec<Mapping> = (0..pages)
+        .map(|_| {
+            let m = Mapping::anonymous(page).unwrap();
+            m.write_u64(0, 1);
+            m
+        })
+        .collect();
+    let handles: Vec<_> = maps
+        .iter()
+        .map(|m| cache.get(m.addr(), page).unwrap())
+        .collect();
+    for m in maps {
+        let (addr, len) = (m.addr(), m.len());
+        let r = m.into_raw();
+        // SAFETY: the mapping is ours and nothing refers into it.
+        unsafe { rustix::mm::munmap(r.start() as usize as *mut _, len as usize) }.unwrap();
+        // The lookup passes the pending gate: it sees the invalidation however far the
+        // monitor got (a handle's own flag may still be set until the monitor has run).
+        assert!(cache.lookup(addr, page).unwrap().is_none(), "a stale hit");
+    }
+    assert!(wait_for(|| handles.iter().all(|h| !h.is_valid())));
+    std::thread::sleep(Duration::from_millis(5));
+    Some(mon.stats())
+}
+
+#[test]
+fn a_spinning_monitor_reads_a_burst_while_spinning_and_invalidates_every_unmap_in_time() {
+    let _serial = serial();
+    let cpus = rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count());
+    let config = MonitorConfig {
+        spin: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let Some(st) = burst_under(config, 32) else {
+        return;
+    };
+    assert_eq!(st.unmaps, 32);
+    assert!(st.cpu_ns > 0, "the monitor's CPU time is reported");
+    if cpus > 1 {
+        assert!(st.spin_polls > 0, "it never spun");
+        assert!(
+            st.spin_catches > 0,
+            "no event of the burst was read while spinning: {st:?}"
+        );
+    }
+}
+
+#[test]
+fn a_monitor_that_may_use_one_cpu_only_does_not_spin() {
+    let _serial = serial();
+    let Ok(allowed) = rustix::thread::sched_getaffinity(None) else {
+        return;
+    };
+    let Some(cpu) = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)) else {
+        return;
+    };
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpu);
+    let st = std::thread::spawn(move || {
+        if rustix::thread::sched_setaffinity(None, &one).is_err() {
+            return None; // pinning refused here
+        }
+        let config = MonitorConfig {
+            spin: Duration::from_millis(200),
+            ..Default::default()
+        };
+        burst_under(config, 8) // the monitor thread inherits the pinning
+    })
+    .join()
+    .unwrap();
+    if let Some(st) = st {
+        assert_eq!(st.unmaps, 8);
+        assert_eq!(st.spin_polls, 0, "it spun on its only CPU: {st:?}");
+    }
+}
+
+#[test]
+fn spinning_is_off_by_default() {
+    assert_eq!(MonitorConfig::default().spin, Duration::ZERO);
+    assert_eq!(hostmm::DEFAULT_SPIN, Duration::ZERO);
+}

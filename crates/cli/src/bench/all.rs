@@ -6,7 +6,12 @@
 
 use serde::Serialize;
 
-use super::{hit_latency, munmap_costs, notifier, validator, wake, BenchConfig, BenchRow};
+use std::time::Duration;
+
+use super::{
+    hit_latency, hit_latency_interior, munmap_burst, munmap_costs, notifier, validator, wake, BenchConfig, BenchRow,
+    BURST_SPIN,
+};
 
 /// What a row is held to.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,6 +179,69 @@ fn munmap_rows(
     }
 }
 
+/// The burst rows: back-to-back munmaps bare, under uffd with the monitor sleeping between
+/// events, and with it spinning [`BURST_SPIN`]; plus the monitor's CPU per munmap in each.
+fn burst_rows(out: &mut Vec<TableRow>, b: &BenchConfig, rtt: Option<f64>) {
+    let n = b.slow_ops;
+    let bare = match munmap_burst(b, None) {
+        Ok(r) => r.per_munmap,
+        Err(e) => {
+            out.push(skipped("munmap_burst_bare", "munmap burst, bare", "us", e));
+            return;
+        }
+    };
+    out.push(row(
+        "munmap_burst_bare",
+        BenchRow {
+            name: format!("munmap 4 KiB in a burst of {n}, bare"),
+            value: bare,
+            unit: "us",
+            baseline: None,
+        },
+        Target::Report,
+    ));
+    let spin_us = BURST_SPIN.as_micros();
+    for (id, spin, what) in [
+        ("off", Duration::ZERO, "monitor sleeps between events".to_string()),
+        ("spin", BURST_SPIN, format!("monitor spins {spin_us} us")),
+    ] {
+        let rid = format!("munmap_burst_uffd_{id}");
+        match munmap_burst(b, Some(spin)) {
+            Ok(r) => {
+                let target = match rtt {
+                    Some(v) => Target::BaselinePlus {
+                        factor: 1.2,
+                        floor: "wake round trip".into(),
+                        floor_value: v,
+                    },
+                    None => Target::Report,
+                };
+                out.push(row(
+                    rid,
+                    BenchRow {
+                        name: format!("munmap 4 KiB in a burst of {n}, uffd, {what}"),
+                        value: r.per_munmap,
+                        unit: "us",
+                        baseline: Some(("bare munmap in a burst".into(), bare)),
+                    },
+                    target,
+                ));
+                out.push(row(
+                    format!("monitor_cpu_burst_{id}"),
+                    BenchRow {
+                        name: format!("uffd monitor CPU per munmap in the burst, {what}"),
+                        value: r.monitor_cpu,
+                        unit: "us",
+                        baseline: None,
+                    },
+                    Target::Report,
+                ));
+            }
+            Err(e) => out.push(skipped(&rid, "munmap burst, uffd", "us", e)),
+        }
+    }
+}
+
 /// Runs the whole table, in the order. Errors of one row become a skipped row.
 pub fn run(cfg: &AllConfig) -> Vec<TableRow> {
     let b = &cfg.bench;
@@ -225,6 +293,10 @@ pub fn run(cfg: &AllConfig) -> Vec<TableRow> {
         Ok(r) => row("cache_hit", r, Target::RatioAtMost(0.7)),
         Err(e) => skipped("cache_hit", "cache hit", "ns", e),
     });
+    out.push(match hit_latency_interior(b) {
+        Ok(r) => row("cache_hit_interior", r, Target::Report),
+        Err(e) => skipped("cache_hit_interior", "cache hit inside a range", "ns", e),
+    });
 
     let rtt = |pinned: bool| {
         if pinned {
@@ -275,6 +347,8 @@ pub fn run(cfg: &AllConfig) -> Vec<TableRow> {
         "_pinned",
         ("pinned wake round trip", floors[1]),
     );
+
+    burst_rows(&mut out, b, floors[0]);
 
     let mut pair = validator::nested_pair(b).into_iter();
     if let Some(r) = pair.next() {

@@ -25,19 +25,46 @@
 //!
 //! # Costs
 //!
-//! Hits take a per-thread reader slot of a [big-reader lock](crate::cache::brlock) (no shared cache
-//! line written), check one gate counter and bump a per-slot counter. Invalid and evicted
+//! A hit takes no lock and performs no read-modify-write on a shared line: it loads one gate
+//! counter, enters a read-side section (a store to its own thread's slot), searches the
+//! [published](crate::cache::publish) [index](crate::cache::index) (one hash probe when the lookup
+//! starts where a cached range starts), checks the entry's validity flag, and counts itself in a
+//! [per-thread tally](crate::cache::tally). The returned [`Handle`] takes a strong reference on
+//! the entry (upgrading a weak one) — the one read-modify-write left, on the entry's own line, as
+//! any `Arc`-returning cache pays.
+//!
+//! Writers — a miss publishing, an invalidation callback, an eviction, a flush — serialize on
+//! one mutex over the authoritative map. Only a change of the *set* of entries (publish, flush)
+//! rebuilds and republishes the index (`O(entries)` per miss); an invalidation or eviction only
+//! clears the entry's validity flag, which every hit checks. A hit may read an index one change
+//! old: it then misses an entry just published (and the miss path finds it under the lock) or
+//! finds an entry already removed, whose flag is clear. The argument for the promise:
+//! an invalidation clears the flag (release) before the invalidating call returns or, under
+//! uffd, before the pending window closes; a lookup that starts after that return passes the
+//! gate and loads the flag (acquire), so it sees it clear whichever index it searched.
+//!
+//! The index points at entries through *anchors* (weak references): an anchor leaves the map
+//! only in the same critical section that publishes an index without it, and is then
+//! [retired](crate::cache::publish::retire) — dropped after every reader pinned at that moment has
+//! left — so every pointer a hit reads stays allocated. The entry itself (and its registration)
+//! still ends with its last strong reference, never later: a hit upgrades the weak reference and
+//! fails on an entry already gone. `tests/loom_publish.rs` model-checks the publication order
+//! and the lookup that follows an unmap, and the grace period.
+//!
+//! Invalid and evicted
 //! entries are deregistered later, by [`flush`](RegCache::flush), which every miss runs first —
 //! never on the invalidation path, which may be the uffd monitor thread — and always before the
 //! cache reports a range free ([`is_free`](RegCache::is_free)) or registers it again.
 
-use std::collections::BTreeMap;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 
 use mmu_notifier::{Event, Interval, IntervalNotifier, IntervalNotifierOps, Range};
 
-use crate::cache::brlock::{BrLock, SLOTS};
+use crate::cache::index::{search_back, Index};
+use crate::cache::publish::{self, Published};
+use crate::cache::tally::Tally;
 use crate::cache::registrar::Registrar;
 use crate::error::{Error, Result};
 use crate::primary::host::HostMm;
@@ -153,35 +180,145 @@ impl<R: Registrar> std::fmt::Debug for Handle<R> {
     }
 }
 
+/// One weak reference to an entry, held as the raw pointer the [`Index`] stores. It keeps the
+/// entry's *allocation* alive — what a hit dereferences — without keeping the entry (and its
+/// registration, which some registrars release in `Drop`) alive: the entry still ends with its
+/// last [`Handle`] or its removal from the map, exactly when it did before hits went lock-free.
+struct Anchor<T>(NonNull<T>);
+
+// SAFETY: an `Anchor<T>` is a `Weak<T>`, which is `Send`/`Sync` when `T: Send + Sync`.
+unsafe impl<T: Send + Sync> Send for Anchor<T> {}
+// SAFETY: see above.
+unsafe impl<T: Send + Sync> Sync for Anchor<T> {}
+
+impl<T> Anchor<T> {
+    fn new(of: &Arc<T>) -> Self {
+        let p = Weak::into_raw(Arc::downgrade(of));
+        // SAFETY: the weak reference of a live `Arc` points at its (non-null) value.
+        Self(unsafe { NonNull::new_unchecked(p.cast_mut()) })
+    }
+}
+
+impl<T> Drop for Anchor<T> {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Weak::into_raw` and this anchor owns that weak count.
+        drop(unsafe { Weak::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// A strong reference to a *live* entry pointed to by `anchor` (the hit's upgrade).
+///
+/// # Safety
+/// `p` must be the pointer of an [`Anchor`] that is still alive (in the map, or retired after a
+/// guard the caller holds was pinned).
+unsafe fn upgrade<T>(p: NonNull<T>) -> Option<Arc<T>> {
+    // SAFETY: `p` came from `Weak::into_raw` and a weak count is held for it (the anchor); the
+    // borrowed `Weak` is never dropped, so that count is not released here.
+    let weak = std::mem::ManuallyDrop::new(unsafe { Weak::from_raw(p.as_ptr()) });
+    weak.upgrade()
+}
+
+/// A map record: the entry, and the anchor the index points to.
+struct Rec<R: Registrar> {
+    entry: Arc<Entry<R>>,
+    anchor: Anchor<Entry<R>>,
+}
+
+impl<R: Registrar> Rec<R> {
+    fn new(entry: Arc<Entry<R>>) -> Self {
+        let anchor = Anchor::new(&entry);
+        Self { entry, anchor }
+    }
+}
+
+/// The authoritative map: records sorted by `(start, end)` in flat arrays, so the index a hit
+/// searches is rebuilt from them by copying (a `BTreeMap` walk cost ~8 ns an entry).
 struct Map<R: Registrar> {
-    entries: BTreeMap<(u64, u64), Arc<Entry<R>>>,
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    recs: Vec<Rec<R>>,
     max_len: u64,
     valid_count: usize,
     valid_bytes: u64,
 }
 
 impl<R: Registrar> Map<R> {
+    fn new() -> Self {
+        Self {
+            starts: Vec::new(),
+            ends: Vec::new(),
+            recs: Vec::new(),
+            max_len: 0,
+            valid_count: 0,
+            valid_bytes: 0,
+        }
+    }
+
+    fn valid(&self, i: usize) -> bool {
+        self.recs[i].entry.state.valid.load(Ordering::Acquire)
+    }
+
     /// A valid entry covering `want`, if any.
     fn covering(&self, want: VaRange) -> Option<&Arc<Entry<R>>> {
-        for (&(s, e), entry) in self.entries.range(..=(want.start(), u64::MAX)).rev() {
-            if s.saturating_add(self.max_len) < want.end() {
-                break;
-            }
-            if e >= want.end() && entry.state.valid.load(Ordering::Acquire) {
-                return Some(entry);
-            }
-        }
-        None
+        let i = search_back(
+            &self.starts,
+            &self.ends,
+            self.max_len,
+            want.start(),
+            want.end(),
+            |i| self.valid(i),
+        )?;
+        Some(&self.recs[i].entry)
     }
 
     fn overlaps_valid(&self, want: VaRange) -> bool {
-        self.entries
-            .range(..(want.end(), 0))
+        let upto = self.starts.partition_point(|&s| s < want.end());
+        (0..upto)
             .rev()
-            .take_while(|(&(s, _), _)| s.saturating_add(self.max_len) > want.start())
-            .any(|(&(s, e), en)| {
-                s < want.end() && e > want.start() && en.state.valid.load(Ordering::Acquire)
-            })
+            .take_while(|&i| self.starts[i].saturating_add(self.max_len) > want.start())
+            .any(|i| self.ends[i] > want.start() && self.valid(i))
+    }
+
+    /// Inserts `rec` at its place; returns the record of the same range it replaces.
+    fn insert(&mut self, rec: Rec<R>) -> Option<Rec<R>> {
+        let (s, e) = (rec.entry.range.start(), rec.entry.range.end());
+        let mut at = self.starts.partition_point(|&x| x < s);
+        while at < self.starts.len() && self.starts[at] == s && self.ends[at] < e {
+            at += 1;
+        }
+        if at < self.starts.len() && self.starts[at] == s && self.ends[at] == e {
+            return Some(std::mem::replace(&mut self.recs[at], rec));
+        }
+        self.starts.insert(at, s);
+        self.ends.insert(at, e);
+        self.recs.insert(at, rec);
+        None
+    }
+
+    /// Takes out the records of invalid entries, keeping the order of the rest.
+    fn take_dead(&mut self) -> Vec<Rec<R>> {
+        let mut dead = Vec::new();
+        let recs = std::mem::take(&mut self.recs);
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for (i, rec) in recs.into_iter().enumerate() {
+            if rec.entry.state.valid.load(Ordering::Acquire) {
+                starts.push(self.starts[i]);
+                ends.push(self.ends[i]);
+                self.recs.push(rec);
+            } else {
+                dead.push(rec);
+            }
+        }
+        self.starts = starts;
+        self.ends = ends;
+        dead
+    }
+
+    /// Takes out every record.
+    fn take_all(&mut self) -> Vec<Rec<R>> {
+        self.starts.clear();
+        self.ends.clear();
+        std::mem::take(&mut self.recs)
     }
 
     /// Marks a valid entry invalid; the caller counts it as dead.
@@ -196,13 +333,9 @@ impl<R: Registrar> Map<R> {
     }
 }
 
-#[repr(align(128))]
-#[derive(Default)]
-struct SlotCounter(AtomicU64);
-
 #[derive(Default)]
 struct Counters {
-    hits: [SlotCounter; SLOTS],
+    hits: Tally,
     misses: AtomicU64,
     invalidations: AtomicU64,
     retries: AtomicU64,
@@ -215,7 +348,10 @@ struct Shared<R: Registrar> {
     host: HostMm,
     registrar: R,
     config: CacheConfig,
-    map: BrLock<Map<R>>,
+    /// The authoritative map; every writer holds this lock.
+    map: Mutex<Map<R>>,
+    /// What hits search: rebuilt from `map` whenever its set of entries changes.
+    index: Published<Index<Entry<R>>>,
     /// LRU clock, advanced by misses only (hits never write a shared line for it).
     clock: AtomicU64,
     /// Entries marked invalid but still in the map.
@@ -247,11 +383,12 @@ impl<R: Registrar> IntervalNotifierOps for EntryOps<R> {
             return true;
         };
         let mut map = if range.is_blockable() {
-            sh.map.write()
+            lock(&sh.map)
         } else {
-            match sh.map.try_write() {
-                Some(g) => g,
-                None => return false,
+            match sh.map.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return false,
             }
         };
         interval.set_seq(cur_seq);
@@ -291,12 +428,8 @@ impl<R: Registrar> RegCache<R> {
                 host: host.clone(),
                 registrar,
                 config,
-                map: BrLock::new(Map {
-                    entries: BTreeMap::new(),
-                    max_len: 0,
-                    valid_count: 0,
-                    valid_bytes: 0,
-                }),
+                map: Mutex::new(Map::new()),
+                index: Published::new(Index::empty()),
                 clock: AtomicU64::new(1),
                 dead: AtomicUsize::new(0),
                 flush_lock: Mutex::new(()),
@@ -320,18 +453,43 @@ impl<R: Registrar> RegCache<R> {
     fn hit(&self, want: VaRange) -> Option<Handle<R>> {
         let sh = &*self.shared;
         sh.host.gate().wait();
-        let map = sh.map.read();
-        let entry = map.covering(want)?;
+        let guard: publish::Guard = publish::pin();
+        let mut entry = None;
+        sh.index.read(&guard).covering(want.start(), want.end(), |p| {
+            // SAFETY: every pointer in a published index is an anchor's, kept alive while a
+            // guard pinned before the index was replaced lives (see the module documentation).
+            if !unsafe { p.as_ref() }.state.valid.load(Ordering::Acquire) {
+                return false;
+            }
+            // SAFETY: as above.
+            entry = unsafe { upgrade(p) };
+            entry.is_some()
+        })?;
+        drop(guard);
+        let entry = entry?;
+        // LRU: the clock moves on misses only, so a steady stream of hits writes nothing here.
         let now = sh.clock.load(Ordering::Relaxed);
         if entry.last_used.load(Ordering::Relaxed) != now {
             entry.last_used.store(now, Ordering::Relaxed);
         }
-        sh.counters.hits[map.slot()]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
-        Some(Handle {
-            entry: entry.clone(),
-        })
+        sh.counters.hits.add_one();
+        Some(Handle { entry })
+    }
+
+    /// Rebuilds the index from `map` and publishes it; then retires `removed` (the anchors of
+    /// entries just taken out of `map`), which the old index may still point to. Called with the
+    /// map locked.
+    fn republish(&self, map: &MutexGuard<'_, Map<R>>, removed: Vec<Anchor<Entry<R>>>) {
+        let index = Index::build(
+            &map.starts,
+            &map.ends,
+            map.recs.iter().map(|r| r.anchor.0).collect(),
+            map.max_len,
+        );
+        self.shared.index.replace(index);
+        if !removed.is_empty() {
+            publish::retire(removed);
+        }
     }
 
     /// The registration covering `[start, start + len)`: from the cache, or made now.
@@ -388,7 +546,7 @@ impl<R: Registrar> RegCache<R> {
             // An unmap whose event was read before this point has released its thread; wait
             // for its invalidation so that `read_retry` below sees it (see `gate`).
             sh.host.gate().wait();
-            let mut map = sh.map.write();
+            let mut map = lock(&sh.map);
             if notifier.read_retry(seq) {
                 drop(map);
                 sh.registrar.deregister(want, &reg);
@@ -426,9 +584,7 @@ impl<R: Registrar> RegCache<R> {
             // must not be dropped under the lock: dropping removes its interval notifier, which
             // waits for an invalidation in flight, whose callback waits for this lock. It is
             // finished (deregistered) below, after the lock is released.
-            let replaced = map
-                .entries
-                .insert((want.start(), want.end()), entry.clone());
+            let replaced = map.insert(Rec::new(entry.clone()));
             if replaced.is_some() {
                 // Only dead entries can be replaced (a valid one would have been `covering`),
                 // and every dead entry in the map is counted in `dead`.
@@ -439,8 +595,13 @@ impl<R: Registrar> RegCache<R> {
             map.valid_bytes += want.len();
             sh.counters.registered.fetch_add(1, Ordering::Relaxed);
             let evicted = self.evict(&mut map, &entry);
+            let (old, anchor) = match replaced {
+                Some(r) => (Some(r.entry), Some(r.anchor)),
+                None => (None, None),
+            };
+            self.republish(&map, anchor.into_iter().collect());
             drop(map);
-            if let Some(old) = replaced {
+            if let Some(old) = old {
                 self.finish(&old);
             }
             if evicted {
@@ -459,8 +620,9 @@ impl<R: Registrar> RegCache<R> {
             return false;
         }
         let mut victims: Vec<(u64, Arc<Entry<R>>)> = map
-            .entries
-            .values()
+            .recs
+            .iter()
+            .map(|r| &r.entry)
             .filter(|e| e.state.valid.load(Ordering::Acquire) && !Arc::ptr_eq(e, keep))
             .map(|e| (e.last_used.load(Ordering::Relaxed), e.clone()))
             .collect();
@@ -491,17 +653,14 @@ impl<R: Registrar> RegCache<R> {
         }
         let _serial = lock(&sh.flush_lock);
         let dead: Vec<Arc<Entry<R>>> = {
-            let mut map = sh.map.write();
-            let dead: Vec<_> = map
-                .entries
-                .values()
-                .filter(|e| !e.state.valid.load(Ordering::Acquire))
-                .cloned()
-                .collect();
-            for e in &dead {
-                map.entries.remove(&(e.range.start(), e.range.end()));
-            }
+            let mut map = lock(&sh.map);
+            let (dead, anchors): (Vec<_>, Vec<_>) = map
+                .take_dead()
+                .into_iter()
+                .map(|r| (r.entry, r.anchor))
+                .unzip();
             sh.dead.fetch_sub(dead.len(), Ordering::AcqRel);
+            self.republish(&map, anchors);
             dead
         };
         for e in dead {
@@ -529,16 +688,16 @@ impl<R: Registrar> RegCache<R> {
         let want = VaRange::covering(start, len)?;
         self.flush();
         let _serial = lock(&self.shared.flush_lock);
-        Ok(!self.shared.map.read().overlaps_valid(want))
+        Ok(!lock(&self.shared.map).overlaps_valid(want))
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> CacheStats {
         let sh = &*self.shared;
         let c = &sh.counters;
-        let map = sh.map.read();
+        let map = lock(&sh.map);
         CacheStats {
-            hits: c.hits.iter().map(|h| h.0.load(Ordering::Relaxed)).sum(),
+            hits: c.hits.sum(),
             misses: c.misses.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
@@ -556,9 +715,13 @@ impl<R: Registrar> Drop for RegCache<R> {
     /// so no callback outlives the cache.
     fn drop(&mut self) {
         let all: Vec<Arc<Entry<R>>> = {
-            let mut map = self.shared.map.write();
-            let all = map.entries.values().cloned().collect();
-            map.entries.clear();
+            let mut map = lock(&self.shared.map);
+            let (all, anchors) = map
+                .take_all()
+                .into_iter()
+                .map(|r| (r.entry, r.anchor))
+                .unzip();
+            self.republish(&map, anchors);
             all
         };
         for e in all {

@@ -1,0 +1,194 @@
+//! The lookup index a cache hit searches: an immutable snapshot of the cache's ranges, rebuilt
+//! by a writer on every change of the set of entries and [published](crate::cache::publish) for
+//! lock-free readers.
+//!
+//! Ranges are kept sorted by `(start, end)` in flat arrays (one cache line holds eight starts),
+//! plus an open-addressing table from a range's start to its first position, so the common
+//! lookup — at the start of a cached range — is one hash probe; any other lookup is a binary
+//! search over the starts, then a walk back bounded by the longest range.
+//!
+//! The index holds *pointers* to entries, not references: it says where to look, and the
+//! caller checks each candidate's own validity flag. Keeping every pointer alive is the
+//! writer's rule (see `regcache.rs`): an entry leaves the map only together with a new snapshot
+//! without it, and is retired after that snapshot is published.
+
+use std::ptr::NonNull;
+
+const EMPTY: u32 = u32::MAX;
+
+/// A snapshot of `(start, end) → T` for ranges of `u64`.
+pub struct Index<T> {
+    starts: Box<[u64]>,
+    ends: Box<[u64]>,
+    items: Box<[NonNull<T>]>,
+    /// Position of the first range with a given start, or `EMPTY`; a power of two long.
+    table: Box<[u32]>,
+    /// The longest range's length: no range starting more than this before `end` covers it.
+    max_len: u64,
+}
+
+// SAFETY: the index only stores the pointers; whoever dereferences them (`regcache.rs`, under a
+// pinned guard) keeps the pointees alive. `T: Sync` because readers on any thread share them.
+unsafe impl<T: Send + Sync> Send for Index<T> {}
+// SAFETY: see above.
+unsafe impl<T: Send + Sync> Sync for Index<T> {}
+
+#[inline]
+fn slot_of(start: u64, mask: usize) -> usize {
+    // Page numbers are dense and aligned: a multiplicative hash spreads them.
+    ((start >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & mask
+}
+
+impl<T> Index<T> {
+    /// An index of no range.
+    pub fn empty() -> Self {
+        Self::build(&[], &[], Vec::new(), 0)
+    }
+
+    /// An index of the ranges `[starts[i], ends[i])` → `items[i]`, sorted by `(start, end)`;
+    /// `max_len` at least the longest range's length.
+    pub fn build(starts: &[u64], ends: &[u64], items: Vec<NonNull<T>>, max_len: u64) -> Self {
+        debug_assert!(starts.len() == ends.len() && ends.len() == items.len());
+        debug_assert!(starts.windows(2).all(|w| w[0] <= w[1]));
+        let cap = (starts.len() * 2).next_power_of_two().max(2);
+        let mask = cap - 1;
+        let mut table = vec![EMPTY; cap];
+        let mut prev = None;
+        for (i, &s) in starts.iter().enumerate() {
+            if prev == Some(s) {
+                continue; // only the first range of each start
+            }
+            prev = Some(s);
+            let mut h = slot_of(s, mask);
+            while table[h] != EMPTY {
+                h = (h + 1) & mask;
+            }
+            table[h] = i as u32;
+        }
+        Self {
+            starts: starts.into(),
+            ends: ends.into(),
+            items: items.into(),
+            table: table.into(),
+            max_len,
+        }
+    }
+
+    /// Ranges in the index.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The first range covering `[start, end)` for which `accept` holds, searched from ranges
+    /// that start exactly at `start`, then backwards from `start`.
+    #[inline]
+    pub fn covering(
+        &self,
+        start: u64,
+        end: u64,
+        mut accept: impl FnMut(NonNull<T>) -> bool,
+    ) -> Option<NonNull<T>> {
+        let mask = self.table.len() - 1;
+        let mut h = slot_of(start, mask);
+        loop {
+            let i = self.table[h];
+            if i == EMPTY {
+                break;
+            }
+            let mut i = i as usize;
+            if self.starts[i] == start {
+                while i < self.starts.len() && self.starts[i] == start {
+                    if self.ends[i] >= end && accept(self.items[i]) {
+                        return Some(self.items[i]);
+                    }
+                    i += 1;
+                }
+                break;
+            }
+            h = (h + 1) & mask;
+        }
+        // Ranges starting before `start` (or at it, again: harmless).
+        search_back(&self.starts, &self.ends, self.max_len, start, end, |i| {
+            accept(self.items[i])
+        })
+        .map(|i| self.items[i])
+    }
+}
+
+/// The position of a range covering `[start, end)` for which `accept` holds, among ranges
+/// `[starts[i], ends[i])` sorted by `(start, end)` of which none is longer than `max_len`: a
+/// binary search for the last range starting at or before `start`, then a walk back that stops
+/// where no range can reach `end`. (The cache's map searches its own arrays with it too.)
+#[inline]
+pub fn search_back(
+    starts: &[u64],
+    ends: &[u64],
+    max_len: u64,
+    start: u64,
+    end: u64,
+    mut accept: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let upto = starts.partition_point(|&s| s <= start);
+    (0..upto)
+        .rev()
+        .take_while(|&i| starts[i].saturating_add(max_len) >= end)
+        .find(|&i| ends[i] >= end && accept(i))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn index(ranges: &[(u64, u64)], ids: &[u32]) -> Index<u32> {
+        let items: Vec<NonNull<u32>> = ids.iter().map(NonNull::from).collect();
+        let starts: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+        let ends: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+        let max_len = ranges.iter().map(|r| r.1 - r.0).max().unwrap_or(0);
+        Index::build(&starts, &ends, items, max_len)
+    }
+
+    #[test]
+    fn finds_exact_interior_and_nothing_else_like_a_naive_scan() {
+        let p = 4096;
+        // Sorted, overlapping, duplicate starts, a long one.
+        let ranges = [
+            (0, p),
+            (p, 2 * p),
+            (p, 4 * p),
+            (3 * p, 4 * p),
+            (5 * p, 40 * p),
+            (9 * p, 10 * p),
+            (41 * p, 42 * p),
+        ];
+        let ids: Vec<u32> = (0..ranges.len() as u32).collect();
+        let idx = index(&ranges, &ids);
+        assert_eq!(idx.len(), ranges.len());
+        // Every query against a naive model, with every acceptance pattern of "valid" ranges.
+        for valid_mask in 0u32..(1 << ranges.len()) {
+            let ok = |p: NonNull<u32>| valid_mask & (1 << unsafe { *p.as_ptr() }) != 0;
+            for s in 0..44 {
+                for len in 1..6 {
+                    let (qs, qe) = (s * p, (s + len) * p);
+                    let got = idx.covering(qs, qe, ok).map(|p| unsafe { *p.as_ptr() });
+                    let any = ranges
+                        .iter()
+                        .enumerate()
+                        .any(|(i, &(rs, re))| rs <= qs && re >= qe && valid_mask & (1 << i) != 0);
+                    assert_eq!(got.is_some(), any, "[{s}, {}) mask {valid_mask:b}", s + len);
+                    if let Some(i) = got {
+                        let (rs, re) = ranges[i as usize];
+                        assert!(rs <= qs && re >= qe && valid_mask & (1 << i) != 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_index_finds_nothing() {
+        let idx: Index<u32> = Index::empty();
+        assert!(idx.covering(0, 4096, |_| true).is_none());
+        assert!(idx.covering(u64::MAX - 4096, u64::MAX, |_| true).is_none());
+    }
+}
