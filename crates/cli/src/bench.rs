@@ -272,10 +272,11 @@ struct HitFixture {
 }
 
 impl HitFixture {
-    fn new(cfg: &BenchConfig) -> Result<HitFixture> {
-        let page = page_size();
+    /// `cfg.entries` ranges of `pages` pages each, back to back.
+    fn new(cfg: &BenchConfig, pages: u64) -> Result<HitFixture> {
+        let span = pages * page_size();
         let n = cfg.entries as u64;
-        let mem = Mapping::anonymous(n * page)?;
+        let mem = Mapping::anonymous(n * span)?;
         let host = HostMm::new();
         let cache = RegCache::new(
             &host,
@@ -287,8 +288,9 @@ impl HitFixture {
         )?;
         let base = MutexCache::default();
         for i in 0..n {
-            cache.get(mem.addr() + i * page, page)?;
-            base.insert(mem.addr() + i * page, mem.addr() + (i + 1) * page);
+            let s = mem.addr() + i * span;
+            cache.get(s, span)?;
+            base.insert(s, s + span);
         }
         Ok(HitFixture {
             mem,
@@ -319,22 +321,12 @@ fn hit_latency_of(cfg: &BenchConfig, pages: u64, at: u64) -> Result<BenchRow> {
     let page = page_size();
     let n = cfg.entries as u64;
     let span = pages * page;
-    let mem = Mapping::anonymous(n * span)?;
-    let host = HostMm::new();
-    let cache = RegCache::new(
-        &host,
-        NoopRegistrar,
-        CacheConfig {
-            max_entries: cfg.entries * 2,
-            ..Default::default()
-        },
-    )?;
-    let base = MutexCache::default();
-    for i in 0..n {
-        let s = mem.addr() + i * span;
-        cache.get(s, span)?;
-        base.insert(s, s + span);
-    }
+    let HitFixture {
+        mem,
+        host: _host,
+        cache,
+        base,
+    } = HitFixture::new(cfg, pages)?;
     let key = |i: usize| mem.addr() + ((i as u64).wrapping_mul(7919) % n) * span + at * page;
     let ops = (cfg.ops / 10).max(100);
     let mut ours = Vec::new();
@@ -417,7 +409,7 @@ pub fn hit_scaling(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         host: _host,
         cache,
         base,
-    } = HitFixture::new(cfg)?;
+    } = HitFixture::new(cfg, 1)?;
     let addr = mem.addr();
     let ours = |i: usize| {
         let k = addr + (i as u64 % n) * page;

@@ -7,4 +7,4 @@
 
 pub(crate) use sync_prims::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 pub(crate) use sync_prims::sync::{Condvar, Mutex};
-pub(crate) use sync_prims::{lock, spin, thread_stripe, unpoison, wait};
+pub(crate) use sync_prims::{lock, spin, wait};
