@@ -352,7 +352,10 @@ fn hit_latency_of(cfg: &BenchConfig, pages: u64, at: u64) -> Result<BenchRow> {
     let what = if at == 0 {
         format!("cache hit, 1 thread, {} entries", cfg.entries)
     } else {
-        format!("cache hit inside a range, 1 thread, {} entries", cfg.entries)
+        format!(
+            "cache hit inside a range, 1 thread, {} entries",
+            cfg.entries
+        )
     };
     Ok(BenchRow {
         name: what,

@@ -112,7 +112,10 @@ fn model(uffd: bool, gate_wait: bool) {
         if gate_wait {
             gate.wait();
         }
-        assert!(!hit(&cache), "a lookup after the unmap returned hit a stale entry");
+        assert!(
+            !hit(&cache),
+            "a lookup after the unmap returned hit a stale entry"
+        );
 
         miss.join().unwrap();
         unmap.join().unwrap();

@@ -9,8 +9,8 @@ use serde::Serialize;
 use std::time::Duration;
 
 use super::{
-    hit_latency, hit_latency_interior, munmap_burst, munmap_costs, notifier, validator, wake, BenchConfig, BenchRow,
-    BURST_SPIN,
+    hit_latency, hit_latency_interior, munmap_burst, munmap_costs, notifier, validator, wake,
+    BenchConfig, BenchRow, BURST_SPIN,
 };
 
 /// What a row is held to.
@@ -202,7 +202,11 @@ fn burst_rows(out: &mut Vec<TableRow>, b: &BenchConfig, rtt: Option<f64>) {
     ));
     let spin_us = BURST_SPIN.as_micros();
     for (id, spin, what) in [
-        ("off", Duration::ZERO, "monitor sleeps between events".to_string()),
+        (
+            "off",
+            Duration::ZERO,
+            "monitor sleeps between events".to_string(),
+        ),
         ("spin", BURST_SPIN, format!("monitor spins {spin_us} us")),
     ] {
         let rid = format!("munmap_burst_uffd_{id}");

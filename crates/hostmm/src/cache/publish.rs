@@ -204,8 +204,9 @@ impl Domain {
             .filter(|&p| p != 0)
             .min()
             .unwrap_or(u64::MAX);
-        let (free, keep): (Vec<_>, Vec<_>) =
-            std::mem::take(retired).into_iter().partition(|(p, _)| *p < oldest);
+        let (free, keep): (Vec<_>, Vec<_>) = std::mem::take(retired)
+            .into_iter()
+            .partition(|(p, _)| *p < oldest);
         *retired = keep;
         free
     }
@@ -383,7 +384,10 @@ mod tests {
             p.replace(tracked().0);
             std::thread::yield_now();
         }
-        assert!(freed.load(SeqCst), "nothing was reclaimed after the reader left");
+        assert!(
+            freed.load(SeqCst),
+            "nothing was reclaimed after the reader left"
+        );
         drop(later);
     }
 
@@ -397,7 +401,10 @@ mod tests {
         for _ in 0..RECLAIM_BATCH * 4 {
             p.replace(tracked().0);
         }
-        assert!(!freed.load(SeqCst), "the inner guard ended the outer section");
+        assert!(
+            !freed.load(SeqCst),
+            "the inner guard ended the outer section"
+        );
         drop(outer);
     }
 

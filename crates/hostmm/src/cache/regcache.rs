@@ -64,8 +64,8 @@ use mmu_notifier::{Event, Interval, IntervalNotifier, IntervalNotifierOps, Range
 
 use crate::cache::index::{search_back, Index};
 use crate::cache::publish::{self, Published};
-use crate::cache::tally::Tally;
 use crate::cache::registrar::Registrar;
+use crate::cache::tally::Tally;
 use crate::error::{Error, Result};
 use crate::primary::host::HostMm;
 use crate::primary::monitor::{UffdMonitor, Watch};
@@ -455,16 +455,18 @@ impl<R: Registrar> RegCache<R> {
         sh.host.gate().wait();
         let guard: publish::Guard = publish::pin();
         let mut entry = None;
-        sh.index.read(&guard).covering(want.start(), want.end(), |p| {
-            // SAFETY: every pointer in a published index is an anchor's, kept alive while a
-            // guard pinned before the index was replaced lives (see the module documentation).
-            if !unsafe { p.as_ref() }.state.valid.load(Ordering::Acquire) {
-                return false;
-            }
-            // SAFETY: as above.
-            entry = unsafe { upgrade(p) };
-            entry.is_some()
-        })?;
+        sh.index
+            .read(&guard)
+            .covering(want.start(), want.end(), |p| {
+                // SAFETY: every pointer in a published index is an anchor's, kept alive while a
+                // guard pinned before the index was replaced lives (see the module documentation).
+                if !unsafe { p.as_ref() }.state.valid.load(Ordering::Acquire) {
+                    return false;
+                }
+                // SAFETY: as above.
+                entry = unsafe { upgrade(p) };
+                entry.is_some()
+            })?;
         drop(guard);
         let entry = entry?;
         // LRU: the clock moves on misses only, so a steady stream of hits writes nothing here.

@@ -411,13 +411,7 @@ fn record_cpu(c: &Counters) {
     c.cpu_ns.store(ns, Ordering::Relaxed);
 }
 
-fn event_loop(
-    sh: &Shared,
-    wake: &OwnedFd,
-    mm: &Mm,
-    opener: &Opener,
-    spin: Duration,
-) -> Result<()> {
+fn event_loop(sh: &Shared, wake: &OwnedFd, mm: &Mm, opener: &Opener, spin: Duration) -> Result<()> {
     let mut buf = [UffdEvent::Fork; 16];
     let zero = Timespec {
         tv_sec: 0,
