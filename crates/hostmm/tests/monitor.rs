@@ -352,17 +352,8 @@ fn every_lookup_after_munmap_returns_sees_the_invalidation() {
 /// Back-to-back unmaps of cached pages, each checked right after its `munmap` returned.
 /// Returns the monitor's stats.
 fn burst_under(config: MonitorConfig, pages: usize) -> Option<hostmm::MonitorStats> {
-    let host = HostMm::new();
-    let mon = monitor_or_skip(&host, config)?;
-    let cache = hostmm::RegCache::new(
-        &host,
-        hostmm::NoopRegistrar,
-        hostmm::CacheConfig {
-            monitor: Some(mon.clone()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_serial, host, mon) = monitor_or_skip(config)?;
+    let cache = common::cache_over(&host, &mon);
     let page = hostmm::page_size();
     let maps: Vec<Mapping> = (0..pages)
         .map(|_| {
@@ -391,7 +382,6 @@ fn burst_under(config: MonitorConfig, pages: usize) -> Option<hostmm::MonitorSta
 
 #[test]
 fn a_spinning_monitor_reads_a_burst_while_spinning_and_invalidates_every_unmap_in_time() {
-    let _serial = serial();
     let cpus = rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count());
     let config = MonitorConfig {
         spin: Duration::from_millis(200),
@@ -413,7 +403,6 @@ fn a_spinning_monitor_reads_a_burst_while_spinning_and_invalidates_every_unmap_i
 
 #[test]
 fn a_monitor_that_may_use_one_cpu_only_does_not_spin() {
-    let _serial = serial();
     let Ok(allowed) = rustix::thread::sched_getaffinity(None) else {
         return;
     };
