@@ -98,19 +98,17 @@ mod barrier {
         }
     }
 
-    /// The writer's side (after its swap, before it reads the slots).
-    pub fn heavy() {
+    /// The writer's side (after its swap, before it reads the slots). `false` if the barrier
+    /// could not be made: the caller must then free nothing.
+    pub fn heavy() -> bool {
         if mode() == MEMBARRIER {
             use rustix::thread::{membarrier, MembarrierCommand};
-            if membarrier(MembarrierCommand::PrivateExpedited).is_ok() {
-                return;
-            }
-            // Cannot fail once registered; if it did, readers still use compiler fences only,
-            // so nothing may be freed: the caller's slot reads would not be ordered. Stay safe
-            // by making readers fence from now on, and fence here too.
-            MODE.store(FENCES, Ordering::Release);
+            // Cannot fail once registered; if it did, readers that entered behind a compiler
+            // fence only would not be ordered with the slot reads, so nothing may be freed.
+            return membarrier(MembarrierCommand::PrivateExpedited).is_ok();
         }
         fence(Ordering::SeqCst);
+        true
     }
 
     /// Whether a reader's plain store and this module's barriers order it (always, here).
@@ -122,7 +120,9 @@ mod barrier {
     /// Under loom: the slot accesses themselves are read-modify-writes.
     pub fn light() {}
     /// Under loom: see `light`.
-    pub fn heavy() {}
+    pub fn heavy() -> bool {
+        true
+    }
     /// Whether slot accesses are read-modify-writes (the model's stand-in for the barriers).
     pub const RMW: bool = true;
 }
@@ -186,8 +186,7 @@ impl Domain {
 
     /// Takes out what no reader inside can hold.
     fn reclaim(&self, retired: &mut Vec<Retired>) -> Vec<Retired> {
-        barrier::heavy();
-        if self.overflow.fetch_add(0, Ordering::SeqCst) != 0 {
+        if !barrier::heavy() || self.overflow.fetch_add(0, Ordering::SeqCst) != 0 {
             return Vec::new();
         }
         let read = |s: &Slot| {
