@@ -25,7 +25,6 @@ use crate::ops::Capabilities;
 use crate::profile::Profile;
 use crate::srcu::{ReadToken, Srcu};
 use crate::subscribers::{SubList, Subscriber, Subscriptions};
-use crate::tls;
 use crate::{Range, WouldBlock};
 
 /// An open invalidation: start has run; dropping it (or [`end`](Self::end)) runs the end side.
@@ -37,10 +36,10 @@ use crate::{Range, WouldBlock};
 pub struct InvalidateGuard<'a> {
     range: Range,
     srcu: &'a Srcu,
-    /// The read section held from start to end, subscribed or not.
+    /// The read section held from start to end, subscribed or not; it also marks this thread
+    /// as inside a dispatch of the address space (`tls::inside`).
     token: ReadToken,
     active: Option<Active<'a>>,
-    _mark: tls::Mark,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -102,8 +101,8 @@ impl Drop for InvalidateGuard<'_> {
                 s.ops.invalidate_range_end(&self.range);
             }
         }
-        // The token itself (the validator's view of the section) and the dispatch mark drop
-        // with the guard's fields, right after this.
+        // The token itself (the validator's view of the section) drops with the guard's
+        // fields, right after this.
         self.srcu.read_unlock_in_place(&self.token);
     }
 }
@@ -128,7 +127,6 @@ impl Mm {
         range.set_blockable(true);
         let srcu = &self.inner.srcu;
         let token = srcu.read_lock();
-        let mark = tls::enter(self.inner.id);
         let active = match self.subs() {
             None => {
                 // As in Linux, the map is taken whether or not anyone is subscribed.
@@ -142,7 +140,6 @@ impl Mm {
             srcu,
             token,
             active,
-            _mark: mark,
             _not_send: PhantomData,
         }
     }
@@ -174,7 +171,6 @@ impl Mm {
         range.set_blockable(false);
         let srcu = &self.inner.srcu;
         let token = srcu.read_lock();
-        let mark = tls::enter(self.inner.id);
         let active = match self.subs() {
             None => {
                 let _map = annotate::invalidate_map_acquire();
@@ -183,7 +179,6 @@ impl Mm {
             Some(subs) => match self.start_dispatch(subs, &range) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    drop(mark);
                     srcu.read_unlock(token);
                     return Err(e);
                 }
@@ -194,13 +189,12 @@ impl Mm {
             srcu,
             token,
             active,
-            _mark: mark,
             _not_send: PhantomData,
         })
     }
 
-    /// The start side, called inside the invalidation's read section and dispatch mark, which
-    /// the caller ends if this fails.
+    /// The start side, called inside the invalidation's read section, which the caller ends if
+    /// this fails.
     #[inline]
     fn start_dispatch<'a>(
         &'a self,
@@ -290,7 +284,6 @@ impl Mm {
             return false;
         };
         let token = self.inner.srcu.read_lock();
-        let _mark = tls::enter(self.inner.id);
         // SAFETY: read inside the read section `token`.
         let list = unsafe { &*subs.list_ptr() };
         let mut hit = false;
@@ -300,7 +293,6 @@ impl Mm {
                 break;
             }
         }
-        drop(_mark);
         self.inner.srcu.read_unlock(token);
         hit
     }

@@ -117,10 +117,11 @@ impl MmBuilder {
     /// Any context; allocates (the address space's grace-period domain); never sleeps or fails.
     pub fn build(self) -> Mm {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Mm {
             inner: Arc::new(MmInner {
-                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                srcu: Srcu::new(),
+                id,
+                srcu: Srcu::new(id),
                 subs: AtomicPtr::new(std::ptr::null_mut()),
                 released: AtomicBool::new(false),
                 users: AtomicUsize::new(0),
@@ -395,10 +396,10 @@ impl Mm {
 
     /// The subscription state, if anything ever subscribed.
     ///
-    /// `SeqCst`, paired with the `SeqCst` publication in `subs_or_create`: an invalidation
-    /// enters its read section and then loads this; registration publishes and then waits for
-    /// a grace period. Either the invalidation sees the state or the grace period sees its
-    /// read section (the store-load pair of srcu.rs, "Memory ordering").
+    /// Paired with the publication in `subs_or_create`: an invalidation enters its read
+    /// section and then loads this; registration publishes and then waits for a grace period.
+    /// Either the invalidation sees the state or the grace period sees its read section (the
+    /// store-load pair of srcu.rs, "Memory ordering", whose barriers order the two).
     #[inline]
     pub(crate) fn subs(&self) -> Option<&Subscriptions> {
         let p = self.inner.subs.load(SeqCst);
@@ -492,7 +493,6 @@ impl Mm {
             subs.itree.release();
         }
         let token = self.inner.srcu.read_lock();
-        let mark = tls::enter(self.inner.id);
         // SAFETY: read inside the read section `token`.
         let list = unsafe { &*subs.list_ptr() };
         for s in list {
@@ -501,7 +501,6 @@ impl Mm {
             }
         }
         subs.unlink_all();
-        drop(mark);
         self.inner.srcu.read_unlock(token);
         if tls::inside(self.inner.id) {
             self.inner

@@ -8,7 +8,7 @@
 
 pub(crate) use std::sync::atomic::Ordering;
 pub(crate) use sync_prims::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
 };
 pub(crate) use sync_prims::sync::{Condvar, Mutex, MutexGuard};
 pub(crate) use sync_prims::thread_local;
@@ -16,4 +16,4 @@ pub(crate) use sync_prims::thread_local;
 /// while holding one of its own mutexes, so a poisoned lock can only come from a panic inside
 /// the crate's own short critical sections, whose state updates are written to be complete
 /// before anything that can panic.
-pub(crate) use sync_prims::{lock, spin, thread_stripe, wait};
+pub(crate) use sync_prims::{lock, spin, wait};

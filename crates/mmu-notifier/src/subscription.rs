@@ -236,10 +236,7 @@ impl Mm {
         };
         if sub.claim_release() && sub.caps.contains(Capabilities::RELEASE) {
             let token = self.inner.srcu.read_lock();
-            {
-                let _mark = tls::enter(self.inner.id);
-                sub.ops.release(self);
-            }
+            sub.ops.release(self);
             self.inner.srcu.read_unlock(token);
         }
         self.unlink(sub);

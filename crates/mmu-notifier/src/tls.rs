@@ -4,10 +4,16 @@
 //! `read_begin` wait, the first interval insert) would wait for itself when made from inside a
 //! callback — or while this thread holds an open invalidation — of the same address space. The
 //! kernel only forbids that in comments; here it is detected and reported instead of hanging.
+//!
+//! Every dispatch holds a read section of the address space's grace-period domain, and the
+//! domain's per-thread slots already say which domains this thread reads
+//! ([`srcu::this_thread_reads`]); a [`Mark`] is only for the one dispatch that runs without a
+//! read section (the teardown invalidation of the interval tree).
 
 use std::cell::RefCell;
 
 use crate::primitive::thread_local;
+use crate::srcu;
 
 #[cfg(not(loom))]
 thread_local! {
@@ -53,7 +59,8 @@ impl Drop for Mark {
     }
 }
 
-/// Whether this thread is inside a dispatch of mm `id`.
+/// Whether this thread is inside a dispatch (or an open invalidation) of mm `id`: it holds a
+/// read section of the mm's domain, or a mark.
 pub(crate) fn inside(id: u64) -> bool {
-    ACTIVE.with(|a| a.borrow().contains(&id))
+    srcu::this_thread_reads(id) || ACTIVE.with(|a| a.borrow().contains(&id))
 }
