@@ -18,7 +18,10 @@ use smallvec::SmallVec;
 use crate::annotate::{self, lock_as, ContractLock};
 use crate::diag::{Diagnostics, Warning};
 use crate::interval_tree::{IntervalTree, NodeId};
-use crate::primitive::{lock, wait, AtomicBool, Condvar, Mutex, Ordering::SeqCst};
+use crate::primitive::{
+    lock, wait, AtomicBool, AtomicU64, Condvar, Mutex,
+    Ordering::{Relaxed, SeqCst},
+};
 use crate::srcu::Srcu;
 use crate::tls;
 use crate::{Error, Event, Range, WouldBlock};
@@ -97,6 +100,9 @@ pub(crate) struct Itree {
     enable_lock: Mutex<()>,
     state: Mutex<State>,
     wq: Condvar,
+    /// `State::seq`, stored under the lock each time it changes, so that `read_begin` can
+    /// check it without the lock (see there).
+    published_seq: AtomicU64,
 }
 
 impl Itree {
@@ -116,6 +122,7 @@ impl Itree {
                 waiters: 0,
             }),
             wq: Condvar::new(),
+            published_seq: AtomicU64::new(2),
         }
     }
 
@@ -159,6 +166,7 @@ impl Itree {
             });
         if !hits.is_empty() {
             st.seq |= 1;
+            self.published_seq.store(st.seq, Relaxed);
         }
         st.seq
     }
@@ -211,6 +219,7 @@ impl Itree {
             // so none can be missed.
             wake = st.waiters != 0;
             st.seq = st.seq.wrapping_add(1);
+            self.published_seq.store(st.seq, Relaxed);
             for e in std::mem::take(&mut st.deferred) {
                 match st.nodes.remove(&e.id()) {
                     Some(node) => dropped.extend(st.tree.remove(node)),
@@ -262,6 +271,7 @@ impl Itree {
                 st.deferred.push(e.clone());
             } else {
                 st.seq |= 1;
+                self.published_seq.store(st.seq, Relaxed);
                 st.tree_insert(&e);
             }
             e.set_seq(st.seq);
@@ -324,14 +334,23 @@ impl Itree {
         Ok(())
     }
 
-    /// `mmu_interval_read_begin`: the interval's sequence (read by `load` under the tree
-    /// lock), after waiting for the epoch that hit it, if one is open.
+    /// `mmu_interval_read_begin`: the interval's sequence (read by `load`, an `Acquire` load),
+    /// after waiting for the epoch that hit it, if one is open.
+    ///
+    /// Without the tree lock, which Linux takes here: one load of the interval's sequence and
+    /// one of `published_seq`, and no wait unless they are equal. Sound because the only
+    /// value that calls for a wait is the `cur_seq` of an epoch still open, and an interval
+    /// gets that value (`set_seq`, `Release`, from the epoch's callback or from `insert`, both
+    /// after the epoch's `published_seq` store in the same thread, under the lock or before the
+    /// callback) only after it was published: reading it with `Acquire` makes that store
+    /// visible, so this load returns it or a later value, that is the epoch's end or beyond.
+    /// Equal: the epoch may still be open, and `wait_seq_change` checks again under the lock.
+    /// Not equal: the epoch that wrote `seq` has ended, or `seq` predates the open epoch,
+    /// whose callback will then change it and make `read_retry` true, as with the lock.
+    #[inline]
     pub(crate) fn read_begin(&self, load: impl FnOnce() -> u64) -> u64 {
-        let (seq, hit) = {
-            let st = lock_as(&self.state, ContractLock::Itree);
-            let seq = load();
-            (seq, seq == st.seq)
-        };
+        let seq = load();
+        let hit = seq == self.published_seq.load(Relaxed);
         annotate::invalidate_map_might_lock();
         if hit {
             if tls::inside(self.mm_id) {
