@@ -98,7 +98,7 @@ impl Drop for InvalidateGuard<'_> {
                 } else {
                     Some(annotate::non_block())
                 };
-                s.ops.invalidate_range_end(&self.range);
+                s.callbacks().invalidate_range_end(&self.range);
             }
         }
         // The token itself (the validator's view of the section) drops with the guard's
@@ -235,7 +235,7 @@ impl Mm {
                 } else {
                     Some(annotate::non_block())
                 };
-                s.ops.invalidate_range_start(range)
+                s.callbacks().invalidate_range_start(range)
             };
             if r.is_err() {
                 if !s.caps.contains(Capabilities::START_CAN_FAIL) {
@@ -261,7 +261,7 @@ impl Mm {
                 // exactly the ones whose start succeeded. Not inside non_block, as in Linux.
                 for s in subscribers {
                     if s.caps.contains(Capabilities::INVALIDATE_RANGE_END) {
-                        s.ops.invalidate_range_end(range);
+                        s.callbacks().invalidate_range_end(range);
                     }
                 }
                 if itree_active {

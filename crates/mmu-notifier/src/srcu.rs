@@ -651,3 +651,82 @@ mod tests {
         }
     }
 }
+
+/// The bare reader/grace-period protocol under loom, in the pairing that stands for
+/// `membarrier` (see "Under the model checkers"): a reader walks whatever version of a
+/// published object it loads; the updater publishes a new version, waits for a grace period
+/// and frees the old one. No reader may still be inside a version freed. Run:
+/// `RUSTFLAGS="--cfg loom" cargo test --release -p mmu-notifier --lib srcu::model`. Built with
+/// `--cfg mmn_broken="no_reader_barrier"` (`MMN_BROKEN=no_reader_barrier`), the readers skip
+/// their barrier and every model here must fail.
+#[cfg(all(test, loom))]
+mod model {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize as LoomUsize;
+    use loom::sync::Arc;
+
+    /// `readers` threads, each inside a section of the domain (on the overflow counter if
+    /// `overflow`: its slots are then all held by sections of another domain first), against
+    /// one unlink, grace period and free.
+    fn unlink_and_free(readers: usize, overflow: bool) {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = runs.clone();
+        loom::model(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let s = Arc::new(Srcu::with_mode(1, Mode::Fence));
+            let other = Arc::new(Srcu::with_mode(2, Mode::Fence));
+            // Version 1 is published; `freed` is the newest version freed.
+            let current = Arc::new(LoomUsize::new(1));
+            let freed = Arc::new(LoomUsize::new(0));
+            let threads: Vec<_> = (0..readers)
+                .map(|_| {
+                    let (s, other) = (s.clone(), other.clone());
+                    let (current, freed) = (current.clone(), freed.clone());
+                    loom::thread::spawn(move || {
+                        let fill = if overflow { SLOTS } else { 0 };
+                        let held: Vec<_> = (0..fill).map(|_| other.read_lock()).collect();
+                        let t = s.read_lock();
+                        assert_eq!(t.slot >= SLOTS, overflow);
+                        let v = current.load(Acquire);
+                        assert!(
+                            freed.load(Acquire) < v,
+                            "a reader is inside version {v}, already freed"
+                        );
+                        s.read_unlock(t);
+                        for t in held {
+                            other.read_unlock(t);
+                        }
+                    })
+                })
+                .collect();
+            current.store(2, SeqCst);
+            s.synchronize();
+            freed.store(1, SeqCst);
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+        eprintln!(
+            "loom model srcu({readers} readers, overflow {overflow}): {} executions",
+            runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    #[cfg_attr(mmn_broken = "no_reader_barrier", should_panic)]
+    fn a_grace_period_waits_for_a_reader_in_its_slot() {
+        unlink_and_free(1, false);
+    }
+
+    #[test]
+    #[cfg_attr(mmn_broken = "no_reader_barrier", should_panic)]
+    fn a_grace_period_waits_for_a_reader_on_the_overflow_counter() {
+        unlink_and_free(1, true);
+    }
+
+    #[test]
+    #[cfg_attr(mmn_broken = "no_reader_barrier", should_panic)]
+    fn a_grace_period_waits_for_two_readers() {
+        unlink_and_free(2, false);
+    }
+}

@@ -22,7 +22,58 @@ use crate::srcu::Srcu;
 
 /// The subscriber list: replaced wholesale on every change (copy-on-write), read inside an
 /// SRCU read section without any lock.
-pub(crate) type SubList = Vec<Arc<Subscriber>>;
+pub(crate) type SubList = Vec<SubEntry>;
+
+/// One entry of the list, flat: what the dispatch reads (the capabilities and the callbacks'
+/// object and vtable) sits in the list's own array, so calling a subscriber costs no load
+/// through its `Arc`; the `Arc` (its `Deref` target) keeps the callbacks alive and holds the
+/// rest.
+pub(crate) struct SubEntry {
+    pub(crate) caps: Capabilities,
+    callbacks: *const dyn MmuNotifierOps,
+    pub(crate) sub: Arc<Subscriber>,
+}
+
+// SAFETY: `callbacks` points into `sub.ops`, a `Box<dyn MmuNotifierOps>`, and the trait
+// requires `Send + Sync`; the rest is `Send + Sync` already.
+unsafe impl Send for SubEntry {}
+// SAFETY: as above.
+unsafe impl Sync for SubEntry {}
+
+impl SubEntry {
+    pub(crate) fn new(sub: Arc<Subscriber>) -> SubEntry {
+        SubEntry {
+            caps: sub.caps,
+            callbacks: &*sub.ops as *const dyn MmuNotifierOps,
+            sub,
+        }
+    }
+
+    /// The subscriber's callbacks.
+    #[inline]
+    pub(crate) fn callbacks(&self) -> &dyn MmuNotifierOps {
+        // SAFETY: points into the box `self.sub.ops`, whose contents never move and live as
+        // long as the subscriber, which `self.sub` keeps alive for at least as long as `self`.
+        unsafe { &*self.callbacks }
+    }
+}
+
+impl Clone for SubEntry {
+    fn clone(&self) -> SubEntry {
+        SubEntry {
+            caps: self.caps,
+            callbacks: self.callbacks,
+            sub: self.sub.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for SubEntry {
+    type Target = Subscriber;
+    fn deref(&self) -> &Subscriber {
+        &self.sub
+    }
+}
 
 /// A list subscriber (`struct mmu_notifier`).
 pub(crate) struct Subscriber {

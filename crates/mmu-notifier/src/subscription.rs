@@ -13,7 +13,7 @@ use crate::primitive::{
     AtomicBool, AtomicU32,
     Ordering::{Relaxed, Release},
 };
-use crate::subscribers::{Retired, Subscriber};
+use crate::subscribers::{Retired, SubEntry, Subscriber};
 use crate::tls;
 use crate::{Error, Range, WouldBlock};
 #[cfg(doc)]
@@ -109,7 +109,7 @@ impl Mm {
             st.next_id += 1;
             subs.update_list(&mut st, |cur| {
                 let mut v = Vec::with_capacity(cur.len() + 1);
-                v.push(sub.clone());
+                v.push(SubEntry::new(sub.clone()));
                 v.extend(cur.iter().cloned());
                 v
             });
@@ -189,7 +189,7 @@ impl Mm {
                         s.users.store(users + 1, Relaxed);
                         return Ok(SharedSubscription {
                             mm: self.clone(),
-                            sub: s.clone(),
+                            sub: s.sub.clone(),
                             ops: ops.clone(),
                             done: false,
                         });
@@ -217,11 +217,11 @@ impl Mm {
             // SAFETY: under the list lock the current list is live.
             let linked = unsafe { &*subs.list_ptr() }
                 .iter()
-                .any(|s| Arc::ptr_eq(s, sub));
+                .any(|s| Arc::ptr_eq(&s.sub, sub));
             if linked {
                 subs.update_list(&mut st, |cur| {
                     cur.iter()
-                        .filter(|s| !Arc::ptr_eq(s, sub))
+                        .filter(|s| !Arc::ptr_eq(&s.sub, sub))
                         .cloned()
                         .collect()
                 });
