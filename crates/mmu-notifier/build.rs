@@ -5,12 +5,13 @@
 //! `MMN_BROKEN=…`, which rebuilds only this crate (CI uses it, so the variants share the
 //! dependencies already built for the model tests).
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 6] = [
     "skip_set_seq",
     "skip_grace_period",
     "end_before_start",
     "skip_pairing",
     "no_reader_barrier",
+    "read_begin_relaxed",
 ];
 
 fn main() {

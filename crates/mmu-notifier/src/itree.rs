@@ -20,7 +20,7 @@ use crate::diag::{Diagnostics, Warning};
 use crate::interval_tree::{IntervalTree, NodeId};
 use crate::primitive::{
     lock, wait, AtomicBool, AtomicU64, Condvar, Mutex,
-    Ordering::{Relaxed, SeqCst},
+    Ordering::{Acquire, Release, SeqCst},
 };
 use crate::srcu::Srcu;
 use crate::tls;
@@ -166,7 +166,7 @@ impl Itree {
             });
         if !hits.is_empty() {
             st.seq |= 1;
-            self.published_seq.store(st.seq, Relaxed);
+            self.published_seq.store(st.seq, Release);
         }
         st.seq
     }
@@ -219,7 +219,7 @@ impl Itree {
             // so none can be missed.
             wake = st.waiters != 0;
             st.seq = st.seq.wrapping_add(1);
-            self.published_seq.store(st.seq, Relaxed);
+            self.published_seq.store(st.seq, Release);
             for e in std::mem::take(&mut st.deferred) {
                 match st.nodes.remove(&e.id()) {
                     Some(node) => dropped.extend(st.tree.remove(node)),
@@ -271,7 +271,7 @@ impl Itree {
                 st.deferred.push(e.clone());
             } else {
                 st.seq |= 1;
-                self.published_seq.store(st.seq, Relaxed);
+                self.published_seq.store(st.seq, Release);
                 st.tree_insert(&e);
             }
             e.set_seq(st.seq);
@@ -346,11 +346,22 @@ impl Itree {
     /// visible, so this load returns it or a later value, that is the epoch's end or beyond.
     /// Equal: the epoch may still be open, and `wait_seq_change` checks again under the lock.
     /// Not equal: the epoch that wrote `seq` has ended, or `seq` predates the open epoch,
-    /// whose callback will then change it and make `read_retry` true, as with the lock.
+    /// whose callback will then change it and make `read_retry` true, as with the lock. In
+    /// the first case the reader goes on to look at the primary's page tables, so it must see
+    /// every change made before that end: the store of the end's value is `Release` and this
+    /// load `Acquire`, as the lock's unlock and lock were (the loom models caught a `Relaxed`
+    /// pair here: a fault read the generation from before an epoch it saw ended).
     #[inline]
     pub(crate) fn read_begin(&self, load: impl FnOnce() -> u64) -> u64 {
         let seq = load();
-        let hit = seq == self.published_seq.load(Relaxed);
+        // `mmn_broken = "read_begin_relaxed"`: the pair made `Relaxed`, for the model tests.
+        #[cfg(not(mmn_broken = "read_begin_relaxed"))]
+        let hit = seq == self.published_seq.load(Acquire);
+        #[cfg(mmn_broken = "read_begin_relaxed")]
+        let hit = seq
+            == self
+                .published_seq
+                .load(std::sync::atomic::Ordering::Relaxed);
         annotate::invalidate_map_might_lock();
         if hit {
             if tls::inside(self.mm_id) {
