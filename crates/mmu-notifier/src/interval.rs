@@ -137,6 +137,7 @@ impl Interval {
     /// the invalidation map with the `lockdep` feature). Must not be called under the driver
     /// lock the callback takes (that is an ABBA deadlock with the invalidation). Allocates
     /// nothing; never fails.
+    #[inline]
     pub fn read_begin(&self) -> u64 {
         self.subs.itree.read_begin(|| self.seq.load(Acquire))
     }

@@ -71,8 +71,10 @@ impl InvalidateGuard<'_> {
     pub fn end(self) {}
 }
 
+// Neither the drop nor the start is `#[inline]`: compiled in this crate, the read section's
+// thread-local access is a plain `%fs`-relative load; inlined into a caller's crate, it became
+// an indirect call through the thread-local's accessor on every invalidation.
 impl Drop for InvalidateGuard<'_> {
-    #[inline]
     fn drop(&mut self) {
         let blockable = self.range.is_blockable();
         if blockable {
@@ -121,7 +123,6 @@ impl Mm {
     /// then not take. Allocates nothing of its own; never fails. The guard must be dropped on
     /// the same thread. With nobody subscribed it costs one grace-period read section.
     #[track_caller]
-    #[inline]
     pub fn invalidate_range_start(&self, mut range: Range) -> InvalidateGuard<'_> {
         annotate::might_sleep();
         range.set_blockable(true);

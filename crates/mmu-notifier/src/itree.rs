@@ -364,14 +364,23 @@ impl Itree {
                 .load(std::sync::atomic::Ordering::Relaxed);
         annotate::invalidate_map_might_lock();
         if hit {
-            if tls::inside(self.mm_id) {
-                self.diag
-                    .report(Warning::CalledFromCallback { api: "read_begin" });
-                // Interval sequences are always odd: an even value never matches.
-                return seq & !1;
-            }
-            self.wait_seq_change(seq);
+            return self.read_begin_hit(seq);
         }
+        seq
+    }
+
+    /// `read_begin` on an interval the open epoch hit: wait for its end (out of line, so the
+    /// inlined fast path stays two loads).
+    #[cold]
+    #[inline(never)]
+    fn read_begin_hit(&self, seq: u64) -> u64 {
+        if tls::inside(self.mm_id) {
+            self.diag
+                .report(Warning::CalledFromCallback { api: "read_begin" });
+            // Interval sequences are always odd: an even value never matches.
+            return seq & !1;
+        }
+        self.wait_seq_change(seq);
         seq
     }
 

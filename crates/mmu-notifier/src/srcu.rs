@@ -103,6 +103,9 @@ const SLOTS: usize = 8;
 #[cfg(any(loom, shuttle))]
 const SLOTS: usize = 2;
 
+/// `Local::used` with every slot busy.
+const FULL: u32 = (1 << SLOTS) - 1;
+
 /// How a domain's read side and grace period pair their store-load barriers (see "Memory
 /// ordering").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,21 +365,22 @@ impl Srcu {
     /// Enters a read section.
     #[inline]
     pub(crate) fn read_lock(&self) -> ReadToken {
-        let slot = LOCAL.with(|l| {
-            let used = l.used.get();
-            if used == (1 << SLOTS) - 1 {
-                return self.read_lock_overflow();
+        // Each thread-local access is a closure this small so that it inlines, and the access
+        // becomes a `%fs`-relative load instead of a call through the key's accessor.
+        let (used, record) = LOCAL.with(|l| (l.used.get(), l.record.get()));
+        let slot = match record {
+            Some(r) if used != FULL => {
+                let s = (!used).trailing_zeros() as usize;
+                LOCAL.with(|l| l.used.set(used | 1 << s));
+                let i = self.idx.load(Relaxed) & 1;
+                // `Release`: a scan that reads this tag instead of the slot's previous one
+                // orders after the previous section's end (see "Memory ordering").
+                r.slots[s].store(self.tag | i as u64, Release);
+                entry_barrier(self.mode);
+                s
             }
-            let s = (!used).trailing_zeros() as usize;
-            let r = record(l);
-            l.used.set(used | 1 << s);
-            let i = self.idx.load(Relaxed) & 1;
-            // `Release`: a scan that reads this tag instead of the slot's previous one orders
-            // after the previous section's end (see "Memory ordering").
-            r.slots[s].store(self.tag | i as u64, Release);
-            entry_barrier(self.mode);
-            s
-        });
+            _ => self.read_lock_slow(),
+        };
         ReadToken {
             slot,
             _validator: annotate::srcu_read(),
@@ -384,10 +388,20 @@ impl Srcu {
         }
     }
 
-    /// Every slot of this thread is busy: count the section on the shared counter.
+    /// The first read section of this thread (registers its record), or one with every slot
+    /// busy (counted on the shared counter).
     #[cold]
     #[inline(never)]
-    fn read_lock_overflow(&self) -> usize {
+    fn read_lock_slow(&self) -> usize {
+        let (used, r) = LOCAL.with(|l| (l.used.get(), record(l)));
+        if used != FULL {
+            let s = (!used).trailing_zeros() as usize;
+            LOCAL.with(|l| l.used.set(used | 1 << s));
+            let i = self.idx.load(Relaxed) & 1;
+            r.slots[s].store(self.tag | i as u64, Release);
+            entry_barrier(self.mode);
+            return s;
+        }
         let i = self.idx.load(Relaxed) & 1;
         self.overflow[i].fetch_add(1, SeqCst);
         entry_barrier(self.mode);
@@ -404,22 +418,15 @@ impl Srcu {
     #[inline]
     pub(crate) fn read_unlock_in_place(&self, t: &ReadToken) {
         let s = t.slot;
-        LOCAL.with(|l| {
-            if s < SLOTS {
-                if let Some(r) = l.record.get() {
-                    r.slots[s].store(0, Release);
-                }
-                l.used.set(l.used.get() & !(1 << s));
-            } else {
-                self.overflow[s - SLOTS].fetch_sub(1, SeqCst);
-                OVERFLOW.with(|o| {
-                    let mut o = o.borrow_mut();
-                    if let Some(p) = o.iter().rposition(|&d| d == self.tag >> 1) {
-                        o.swap_remove(p);
-                    }
-                });
+        if s < SLOTS {
+            let (used, record) = LOCAL.with(|l| (l.used.get(), l.record.get()));
+            if let Some(r) = record {
+                r.slots[s].store(0, Release);
             }
-        });
+            LOCAL.with(|l| l.used.set(used & !(1 << s)));
+        } else {
+            self.read_unlock_overflow(s - SLOTS);
+        }
         // The exit's store-load pair with `drain` (see "Memory ordering"): a grace period that
         // went to sleep before seeing this exit is woken.
         reader_barrier(self.mode);
@@ -427,6 +434,18 @@ impl Srcu {
             let _g = lock(&self.wake_lock);
             self.wake.notify_all();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_unlock_overflow(&self, i: usize) {
+        self.overflow[i].fetch_sub(1, SeqCst);
+        OVERFLOW.with(|o| {
+            let mut o = o.borrow_mut();
+            if let Some(p) = o.iter().rposition(|&d| d == self.tag >> 1) {
+                o.swap_remove(p);
+            }
+        });
     }
 
     /// The updater's half of the store-load barrier: after it, every reader either is visible

@@ -34,7 +34,7 @@ pub(crate) struct SubEntry {
     pub(crate) sub: Arc<Subscriber>,
 }
 
-// SAFETY: `callbacks` points into `sub.ops`, a `Box<dyn MmuNotifierOps>`, and the trait
+// SAFETY: `callbacks` points into `sub.ops`, an `Arc<dyn MmuNotifierOps>`, and the trait
 // requires `Send + Sync`; the rest is `Send + Sync` already.
 unsafe impl Send for SubEntry {}
 // SAFETY: as above.
@@ -52,8 +52,8 @@ impl SubEntry {
     /// The subscriber's callbacks.
     #[inline]
     pub(crate) fn callbacks(&self) -> &dyn MmuNotifierOps {
-        // SAFETY: points into the box `self.sub.ops`, whose contents never move and live as
-        // long as the subscriber, which `self.sub` keeps alive for at least as long as `self`.
+        // SAFETY: points into `self.sub.ops`, whose object never moves and lives as long as
+        // the subscriber, which `self.sub` keeps alive for at least as long as `self`.
         unsafe { &*self.callbacks }
     }
 }
@@ -79,7 +79,9 @@ impl std::ops::Deref for SubEntry {
 pub(crate) struct Subscriber {
     pub(crate) id: u64,
     pub(crate) caps: Capabilities,
-    pub(crate) ops: Box<dyn MmuNotifierOps>,
+    /// The driver's own `Arc` (the one its handle derefs to), unsized: a call goes straight
+    /// to its object, with no second pointer to follow.
+    pub(crate) ops: Arc<dyn MmuNotifierOps>,
     /// For shared (get/put) subscriptions: the ops type, and a typed handle to hand out.
     pub(crate) shared: Option<(TypeId, Box<dyn std::any::Any + Send + Sync>)>,
     /// Users of a shared subscription; changed only under the list lock.

@@ -70,7 +70,7 @@ impl Mm {
 
     fn register_inner<T: MmuNotifierOps>(&self, ops: T) -> Result<Subscription<T>, Error> {
         let ops = Arc::new(ops);
-        let sub = self.link(Box::new(ops.clone()), None)?;
+        let sub = self.link(ops.clone(), None)?;
         Ok(Subscription {
             mm: self.clone(),
             sub,
@@ -81,7 +81,7 @@ impl Mm {
 
     fn link(
         &self,
-        ops: Box<dyn MmuNotifierOps>,
+        ops: Arc<dyn MmuNotifierOps>,
         shared: Option<(TypeId, Box<dyn std::any::Any + Send + Sync>)>,
     ) -> Result<Arc<Subscriber>, Error> {
         let caps = ops.capabilities();
@@ -199,7 +199,7 @@ impl Mm {
         }
         let ops = Arc::new(alloc(self));
         let sub = self.link(
-            Box::new(ops.clone()),
+            ops.clone(),
             Some((TypeId::of::<T>(), Box::new(ops.clone()))),
         )?;
         Ok(SharedSubscription {
