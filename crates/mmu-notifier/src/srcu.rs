@@ -111,6 +111,7 @@ const FULL: u32 = (1 << SLOTS) - 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// Readers: a compiler barrier; grace periods: `membarrier(2)`.
+    #[cfg_attr(any(loom, shuttle, not(target_os = "linux")), allow(dead_code))]
     Membarrier,
     /// Readers and grace periods: `fence(SeqCst)`.
     Fence,
@@ -344,7 +345,7 @@ impl Srcu {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(any(loom, shuttle))))]
     pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
