@@ -196,7 +196,7 @@ impl Mm {
 
     /// The start side, called inside the invalidation's read section, which the caller ends if
     /// this fails.
-    #[inline]
+    #[inline(always)]
     fn start_dispatch<'a>(
         &'a self,
         subs: &'a Subscriptions,
