@@ -48,10 +48,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mmu_notifier::interval_tree::IntervalTree;
-use mmu_notifier::{
-    Capabilities, Event, Interval, IntervalNotifier, IntervalNotifierOps, Mm, MmuNotifierOps,
-    Range, WouldBlock,
-};
+use mmu_notifier::{Capabilities, Event, IntervalNotifier, Mm, MmuNotifierOps, Range, WouldBlock};
 
 const PAGE: u64 = 4096;
 const LIST_SIZES: [usize; 4] = [1, 4, 16, 64];
@@ -64,57 +61,15 @@ const CONCURRENT_INTERVALS: usize = 1_000;
 #[path = "common/rng.rs"]
 mod rng;
 use rng::Rng;
+#[path = "common/subscribers.rs"]
+mod subscribers;
+use subscribers::{Bump, Callbacks, SetSeq};
 
 fn page_range(start: u64) -> Range {
     Range::new(start, start + PAGE, Event::Unmap).expect("non-empty range")
 }
 
 // ---------------------------------------------------------------- list dispatch
-
-/// The baseline's callback interface: the same two calls a list subscriber gets.
-trait Callbacks: Send + Sync {
-    fn start(&self, range: &Range) -> Result<(), WouldBlock>;
-    fn end(&self, range: &Range);
-}
-
-/// A KVM-like list subscriber: bumps its own counter in start and end.
-#[derive(Default)]
-struct Bump {
-    hits: AtomicU64,
-}
-
-impl Bump {
-    #[inline]
-    fn hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl MmuNotifierOps for Bump {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::INVALIDATE_RANGE_START | Capabilities::INVALIDATE_RANGE_END
-    }
-
-    fn invalidate_range_start(&self, _range: &Range) -> Result<(), WouldBlock> {
-        self.hit();
-        Ok(())
-    }
-
-    fn invalidate_range_end(&self, _range: &Range) {
-        self.hit();
-    }
-}
-
-impl Callbacks for Bump {
-    fn start(&self, _range: &Range) -> Result<(), WouldBlock> {
-        self.hit();
-        Ok(())
-    }
-
-    fn end(&self, _range: &Range) {
-        self.hit();
-    }
-}
 
 fn bench_list_dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("list_dispatch");
@@ -171,16 +126,6 @@ fn bench_no_subscriber(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------- read side
-
-/// A driver's interval callback reduced to what it must do: record the sequence.
-struct SetSeq;
-
-impl IntervalNotifierOps for SetSeq {
-    fn invalidate(&self, interval: &Interval, _range: &Range, cur_seq: u64) -> bool {
-        interval.set_seq(cur_seq);
-        true
-    }
-}
 
 fn bench_read_side(c: &mut Criterion) {
     let mut group = c.benchmark_group("read_side");
