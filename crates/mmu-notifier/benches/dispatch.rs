@@ -63,7 +63,7 @@ mod rng;
 use rng::Rng;
 #[path = "common/subscribers.rs"]
 mod subscribers;
-use subscribers::{Bump, Callbacks, SetSeq};
+use subscribers::{baseline_dispatch, Bump, Callbacks, SetSeq};
 
 fn page_range(start: u64) -> Range {
     Range::new(start, start + PAGE, Event::Unmap).expect("non-empty range")
@@ -91,14 +91,7 @@ fn bench_list_dispatch(c: &mut Criterion) {
             .collect();
         group.bench_with_input(BenchmarkId::new("baseline_vec_dyn", n), &n, |b, _| {
             b.iter(|| {
-                let subs = black_box(&baseline);
-                let range = black_box(range);
-                for s in subs {
-                    let _ = s.start(&range);
-                }
-                for s in subs {
-                    s.end(&range);
-                }
+                baseline_dispatch(black_box(&baseline), &black_box(range));
             });
         });
     }

@@ -29,7 +29,7 @@ use mmu_notifier::{Event, Mm, Range};
 
 #[path = "common/subscribers.rs"]
 mod subscribers;
-use subscribers::{Bump, Callbacks, SetSeq};
+use subscribers::{baseline_dispatch, Bump, Callbacks, SetSeq};
 
 const BATCH: u32 = 20_000;
 const BATCHES: usize = 300;
@@ -93,14 +93,7 @@ fn main() {
             .map(|_| Arc::new(Bump::default()) as Arc<dyn Callbacks>)
             .collect();
         let base = floor(|| {
-            let subs = black_box(&baseline);
-            let range = black_box(range);
-            for s in subs {
-                let _ = s.start(&range);
-            }
-            for s in subs {
-                s.end(&range);
-            }
+            baseline_dispatch(black_box(&baseline), &black_box(range));
         });
         row(
             &format!("list_dispatch/{n} (vs indirect-call loop)"),

@@ -551,6 +551,17 @@ mod tests {
         [detect_mode(), Mode::Fence]
     }
 
+    /// A thread running one grace period of `s`, and the flag it sets when that ends.
+    fn grace_period_thread(s: &Arc<Srcu>) -> (std::thread::JoinHandle<()>, Arc<StdBool>) {
+        let done = Arc::new(StdBool::new(false));
+        let (s, d) = (s.clone(), done.clone());
+        let h = std::thread::spawn(move || {
+            s.synchronize();
+            d.store(true, SeqCst);
+        });
+        (h, done)
+    }
+
     #[test]
     fn this_machine_has_membarrier() {
         // Not an assertion on other machines: says which mode the other tests ran in.
@@ -569,12 +580,7 @@ mod tests {
             let t = s.read_lock();
             assert!(this_thread_reads(100 + n as u64));
             assert!(!this_thread_reads(200));
-            let done = Arc::new(StdBool::new(false));
-            let (s2, d2) = (s.clone(), done.clone());
-            let h = std::thread::spawn(move || {
-                s2.synchronize();
-                d2.store(true, SeqCst);
-            });
+            let (h, done) = grace_period_thread(&s);
             std::thread::sleep(Duration::from_millis(50));
             assert!(
                 !done.load(SeqCst),
@@ -634,12 +640,7 @@ mod tests {
             entered.wait();
             assert!(s.readers(0));
             assert!(!s.try_synchronize());
-            let done = Arc::new(StdBool::new(false));
-            let (s2, d2) = (s.clone(), done.clone());
-            let gp = std::thread::spawn(move || {
-                s2.synchronize();
-                d2.store(true, SeqCst);
-            });
+            let (gp, done) = grace_period_thread(&s);
             std::thread::sleep(Duration::from_millis(30));
             assert!(!done.load(SeqCst), "grace period ended with readers inside");
             release.wait();

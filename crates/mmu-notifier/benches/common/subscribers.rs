@@ -2,6 +2,7 @@
 //! by `dispatch.rs` (criterion) and `dispatch_floor.rs` (minimum of batches).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use mmu_notifier::{
     Capabilities, Interval, IntervalNotifierOps, MmuNotifierOps, Range, WouldBlock,
@@ -11,6 +12,17 @@ use mmu_notifier::{
 pub trait Callbacks: Send + Sync {
     fn start(&self, range: &Range) -> Result<(), WouldBlock>;
     fn end(&self, range: &Range);
+}
+
+/// The baseline of a list dispatch: every start, then every end, through `dyn` calls.
+#[inline]
+pub fn baseline_dispatch(subs: &[Arc<dyn Callbacks>], range: &Range) {
+    for s in subs {
+        let _ = s.start(range);
+    }
+    for s in subs {
+        s.end(range);
+    }
 }
 
 /// A KVM-like list subscriber: bumps its own counter in start and end.
