@@ -91,7 +91,7 @@ use std::marker::PhantomData;
 
 use crate::annotate;
 use crate::primitive::{
-    lock, spin_hint, wait, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
+    fence, lock, spin, wait, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
@@ -247,13 +247,6 @@ fn entry_barrier(mode: Mode) {
     #[cfg(not(mmn_broken = "no_reader_barrier"))]
     reader_barrier(mode);
 }
-
-#[cfg(loom)]
-use loom::sync::atomic::fence;
-#[cfg(all(shuttle, not(loom)))]
-use shuttle::sync::atomic::fence;
-#[cfg(not(any(loom, shuttle)))]
-use std::sync::atomic::fence;
 
 /// The process-wide mode: `membarrier` if the kernel lets this process use the private
 /// expedited command, decided once.
@@ -509,14 +502,14 @@ impl Srcu {
         // Spin briefly before sleeping; under the model checker every spin is a branch point, so
         // check once and go to the condition variable.
         #[cfg(loom)]
-        const SPINS: usize = 1;
+        const SPINS: u32 = 1;
         #[cfg(not(loom))]
-        const SPINS: usize = 64;
-        for _ in 0..SPINS {
+        const SPINS: u32 = 64;
+        for step in 0..SPINS {
             if !self.readers(i) {
                 return;
             }
-            spin_hint();
+            spin(step);
         }
         let mut g = lock(&self.wake_lock);
         self.waiting.store(true, Relaxed);
