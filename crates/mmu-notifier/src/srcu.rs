@@ -140,6 +140,11 @@ shuttle::lazy_static! {
     static ref REGISTRY: Mutex<Vec<&'static Record>> = Mutex::new(Vec::new());
 }
 
+/// The registry as a plain reference (the model checkers' lazy statics deref to it).
+fn registry() -> &'static Mutex<Vec<&'static Record>> {
+    &REGISTRY
+}
+
 /// This thread's side: its record, and which of its slots are in use (bit `s` for slot
 /// `s`). Touched only by this thread; nothing to drop, so it stays usable (and its access
 /// needs no state check) while the thread's other locals are destroyed.
@@ -206,7 +211,7 @@ fn record(l: &Local) -> &'static Record {
 #[cold]
 #[inline(never)]
 fn register(l: &Local) -> &'static Record {
-    let mut reg = lock(&REGISTRY);
+    let mut reg = lock(registry());
     let free = reg.iter().copied().find(|r| {
         r.owned
             .compare_exchange(false, true, Acquire, Relaxed)
@@ -351,7 +356,7 @@ impl Srcu {
         if self.overflow[i].load(Acquire) != 0 {
             return true;
         }
-        let reg = lock(&REGISTRY);
+        let reg = lock(registry());
         reg.iter()
             .any(|r| r.slots.iter().any(|s| s.load(Acquire) == tag))
     }
@@ -659,13 +664,13 @@ mod tests {
                 .unwrap()
             })
         };
-        let before = lock(&REGISTRY).len();
+        let before = lock(registry()).len();
         for _ in 0..20 {
             assert!(record_of_a_thread().is_some());
         }
         // Other tests run threads concurrently, so allow for them; twenty sequential threads
         // alone must not have added twenty records.
-        assert!(lock(&REGISTRY).len() < before + 20);
+        assert!(lock(registry()).len() < before + 20);
     }
 
     #[test]
