@@ -14,6 +14,7 @@ use hostmm::{
 use crate::sys::{as_ptr, lock, sys};
 
 pub mod all;
+mod interleave;
 mod notifier;
 mod validator;
 mod wake;

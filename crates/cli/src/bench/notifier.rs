@@ -17,6 +17,7 @@ use mmu_notifier::{
     Range, WouldBlock,
 };
 
+use super::interleave::{medians, ns_per_op};
 use super::{median, throughput_per_thread, BenchConfig, BenchRow};
 
 const PAGE: u64 = 4096;
@@ -26,19 +27,6 @@ type Result<T> = std::result::Result<T, mmu_notifier::Error>;
 
 fn page_range(start: u64) -> Result<Range> {
     Range::new(start, start + PAGE, Event::Unmap)
-}
-
-/// ns per call of `op(i)`, median over `cfg.batches` batches of `ops` calls.
-fn ns_per_op(cfg: &BenchConfig, ops: usize, mut op: impl FnMut(usize)) -> f64 {
-    let mut per_batch = Vec::with_capacity(cfg.batches);
-    for _ in 0..cfg.batches {
-        let t = Instant::now();
-        for i in 0..ops {
-            op(i);
-        }
-        per_batch.push(t.elapsed().as_nanos() as f64 / ops as f64);
-    }
-    median(per_batch)
 }
 
 /// SplitMix64: the benchmark's random targets, deterministic.
@@ -95,14 +83,9 @@ pub fn list_dispatch(cfg: &BenchConfig, subscribers: usize) -> Result<BenchRow> 
     let baseline: Vec<Arc<dyn Callbacks>> = (0..subscribers)
         .map(|_| Arc::new(Bump::default()) as Arc<dyn Callbacks>)
         .collect();
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..cfg.batches {
-        let one = BenchConfig { batches: 1, ..*cfg };
-        ours.push(ns_per_op(&one, cfg.ops, |_| {
-            drop(mm.invalidate_range_start(black_box(range)))
-        }));
-        theirs.push(ns_per_op(&one, cfg.ops, |_| {
+    let m = medians(cfg, cfg.ops, 2, |v, n| match v {
+        0 => ns_per_op(n, |_| drop(mm.invalidate_range_start(black_box(range)))),
+        _ => ns_per_op(n, |_| {
             let (subs, range) = (black_box(&baseline), black_box(range));
             for s in subs {
                 let _ = s.start(&range);
@@ -110,16 +93,16 @@ pub fn list_dispatch(cfg: &BenchConfig, subscribers: usize) -> Result<BenchRow> 
             for s in subs {
                 s.end(&range);
             }
-        }));
-    }
+        }),
+    });
     for s in subs {
         s.unregister()?;
     }
     Ok(BenchRow {
         name: format!("list dispatch (start+end), {subscribers} subscriber(s)"),
-        value: median(ours),
+        value: m[0],
         unit: "ns",
-        baseline: Some(("loop of the same indirect calls".into(), median(theirs))),
+        baseline: Some(("loop of the same indirect calls".into(), m[1])),
     })
 }
 
@@ -142,27 +125,24 @@ pub fn read_side(cfg: &BenchConfig) -> Result<BenchRow> {
     // A real past invalidation's sequence, as in steady state.
     drop(mm.invalidate_range_start(page_range(0x10_0000)?));
     let seq = AtomicU64::new(2);
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..cfg.batches {
-        let one = BenchConfig { batches: 1, ..*cfg };
-        ours.push(ns_per_op(&one, cfg.ops, |_| {
+    let m = medians(cfg, cfg.ops, 2, |v, n| match v {
+        0 => ns_per_op(n, |_| {
             let iv = black_box(&iv);
             let s = iv.read_begin();
             black_box(iv.read_retry(black_box(s)));
-        }));
-        theirs.push(ns_per_op(&one, cfg.ops, |_| {
+        }),
+        _ => ns_per_op(n, |_| {
             let a = black_box(&seq);
             let s = a.load(Ordering::Acquire);
             black_box(a.load(Ordering::Acquire) != black_box(s));
-        }));
-    }
+        }),
+    });
     iv.remove()?;
     Ok(BenchRow {
         name: "read_begin + read_retry, idle".into(),
-        value: median(ours),
+        value: m[0],
         unit: "ns",
-        baseline: Some(("two Acquire loads".into(), median(theirs))),
+        baseline: Some(("two Acquire loads".into(), m[1])),
     })
 }
 
@@ -219,28 +199,31 @@ impl ManyIntervals {
             .iter()
             .map(|&s| page_range(s))
             .collect::<Result<Vec<_>>>()?;
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for _ in 0..cfg.batches {
-            let one = BenchConfig { batches: 1, ..*cfg };
-            ours.push(ns_per_op(&one, ops, |i| {
-                drop(self.mm.invalidate_range_start(black_box(ranges[i])))
-            }));
-            theirs.push(ns_per_op(&one, ops, |i| {
-                let s = black_box(targets[i]);
-                black_box(self.vec_stab(s, s + PAGE - 1));
-            }));
-        }
+        // Each round takes the next slice of the targets, the same slice for both.
+        let mut next = [0usize; 2];
+        let m = medians(cfg, ops, 2, |v, n| {
+            let from = next[v];
+            next[v] = (from + n) % (ops - n + 1);
+            match v {
+                0 => ns_per_op(n, |i| {
+                    drop(self.mm.invalidate_range_start(black_box(ranges[from + i])))
+                }),
+                _ => ns_per_op(n, |i| {
+                    let s = black_box(targets[from + i]);
+                    black_box(self.vec_stab(s, s + PAGE - 1));
+                }),
+            }
+        });
         Ok(BenchRow {
             name: format!(
                 "one invalidation (start+end), 1 of {} intervals, random target",
                 self.n
             ),
-            value: median(ours),
+            value: m[0],
             unit: "ns",
             baseline: Some((
                 "binary-search stab of a sorted Vec of the same intervals".into(),
-                median(theirs),
+                m[1],
             )),
         })
     }

@@ -9,19 +9,8 @@ use std::hint::black_box;
 
 use lockdep::{static_lock_class, Mutex};
 
-use super::{median, BenchConfig, BenchRow};
-
-fn ns_per_pair(cfg: &BenchConfig, mut pair: impl FnMut()) -> Vec<f64> {
-    (0..cfg.batches)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            for _ in 0..cfg.ops {
-                pair();
-            }
-            t.elapsed().as_nanos() as f64 / cfg.ops as f64
-        })
-        .collect()
-}
+use super::interleave::{medians, ns_per_op};
+use super::{BenchConfig, BenchRow};
 
 /// The nested pair validated, and switched off at run time, each against a bare
 /// `parking_lot::Mutex` pair. Leaves the validator in the state it found it in. ns per pair.
@@ -41,29 +30,28 @@ pub fn nested_pair(cfg: &BenchConfig) -> Vec<BenchRow> {
         let mut gb = pb.lock();
         *gb += black_box(*ga);
     };
-    let (mut on, mut off, mut base) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..cfg.batches {
-        let one = BenchConfig { batches: 1, ..*cfg };
-        lockdep::set_enabled(true);
-        ours(); // the first acquisition validates the chain; time the steady state
-        on.extend(ns_per_pair(&one, ours));
-        lockdep::set_enabled(false);
-        off.extend(ns_per_pair(&one, ours));
-        base.extend(ns_per_pair(&one, bare));
-    }
+    lockdep::set_enabled(true);
+    ours(); // the first acquisition validates the chain; time the steady state
+    let m = medians(cfg, cfg.ops, 3, |v, n| {
+        lockdep::set_enabled(v == 0);
+        match v {
+            0 | 1 => ns_per_op(n, |_| ours()),
+            _ => ns_per_op(n, |_| bare()),
+        }
+    });
     lockdep::set_enabled(was);
-    let base = median(base);
+    let base = m[2];
     let baseline = "parking_lot::Mutex pair (what lockdep::Mutex compiles to without `enabled`)";
     vec![
         BenchRow {
             name: "validator: nested lock pair, validated".into(),
-            value: median(on),
+            value: m[0],
             unit: "ns",
             baseline: Some((baseline.into(), base)),
         },
         BenchRow {
             name: "validator: nested lock pair, switched off at run time".into(),
-            value: median(off),
+            value: m[1],
             unit: "ns",
             baseline: Some((baseline.into(), base)),
         },
