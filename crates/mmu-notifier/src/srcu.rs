@@ -652,6 +652,48 @@ mod tests {
     }
 
     #[test]
+    fn stress_no_reader_is_inside_a_version_freed_after_a_grace_period() {
+        // Real threads: readers enter and leave as fast as they can (now and then nested, and
+        // now and then past their slots), an updater publishes version k + 1, waits for a
+        // grace period and frees version k. A reader must never hold a freed version.
+        for (n, mode) in modes().into_iter().enumerate() {
+            let s = Arc::new(Srcu::with_mode(700 + n as u64, mode));
+            let current = Arc::new(AtomicU64::new(1));
+            let freed = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(StdBool::new(false));
+            let readers: Vec<_> = (0..3)
+                .map(|r| {
+                    let (s, current, freed, stop) =
+                        (s.clone(), current.clone(), freed.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let mut sections = 0u64;
+                        while !stop.load(Relaxed) {
+                            let depth = 1 + (sections as usize + r) % (SLOTS + 2);
+                            let tokens: Vec<_> = (0..depth).map(|_| s.read_lock()).collect();
+                            let v = current.load(Acquire);
+                            std::hint::spin_loop();
+                            assert!(freed.load(Acquire) < v, "version {v} freed under a reader");
+                            for t in tokens.into_iter().rev() {
+                                s.read_unlock(t);
+                            }
+                            sections += 1;
+                        }
+                        sections
+                    })
+                })
+                .collect();
+            for k in 1..=2_000u64 {
+                current.store(k + 1, SeqCst);
+                s.synchronize();
+                freed.store(k, SeqCst);
+            }
+            stop.store(true, SeqCst);
+            let sections: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+            assert!(sections > 0, "no reader ran ({mode:?})");
+        }
+    }
+
+    #[test]
     fn an_exited_threads_record_is_reused() {
         let s = Srcu::new(500);
         let record_of_a_thread = || {
