@@ -26,8 +26,8 @@
 //!
 //! In front of the table each task keeps a [`Memo`]: a small direct-mapped array of chain keys
 //! it has itself found in its context's table. The steady-state acquisition is then the rolling
-//! hash of the held-lock stack plus one load from the task's own memory: no shared line is
-//! read, none is written. A key enters the memo only after a hit in the table (an `Acquire`
+//! hash of the held-lock stack plus one load from the task's own memory: no line of the
+//! table is read, none is written. A key enters the memo only after a hit in the table (an `Acquire`
 //! load that saw the key, so the validation happened before), never after a validation that
 //! could not be published (a full table), and the memo is emptied whenever the task changes
 //! validator context, so a chain validated in one context is validated again in the next.
