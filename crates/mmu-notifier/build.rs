@@ -5,13 +5,14 @@
 //! `MMN_BROKEN=…`, which rebuilds only this crate (CI uses it, so the variants share the
 //! dependencies already built for the model tests).
 
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 7] = [
     "skip_set_seq",
     "skip_grace_period",
     "end_before_start",
     "skip_pairing",
     "no_reader_barrier",
     "read_begin_relaxed",
+    "skip_gate",
 ];
 
 fn main() {

@@ -14,60 +14,41 @@
 //! * `read_side/{read_begin_retry,baseline_two_loads}`: `read_begin` +
 //!   `read_retry` on one interval notifier of an idle address space, against
 //!   two bare `Acquire` loads of an `AtomicU64`.
-//! * `interval_invalidate/{mmu_notifier,baseline_tree_stab}/n`: one blockable
-//!   invalidation (start + end) of a one-page range hitting exactly one of n =
-//!   1k, 100k, 1M disjoint one-page interval notifiers (every other page,
-//!   inserted in random order); the hit interval is drawn from a pre-generated
-//!   random sequence. The callback does what a driver must: `set_seq`. The
-//!   baseline is the bare `IntervalTree::for_each_overlap` over the same
-//!   intervals (the search the dispatch cannot avoid), for reference only: the
-//!   target for this one is absolute (≤ 500 ns at 1M). The `*_hot` variants
-//!   hit the same (middle) interval every time, so the tree path stays in
-//!   cache: they show the O(log n) growth without the memory latency of a
-//!   random descent, which dominates at 1M.
-//! * `concurrent_invalidate/{interval,list_1sub}/t`: t = 1 or 2 threads
-//!   invalidating disjoint ranges of one address space as fast as they can;
-//!   the reported time is wall time per *round* (one invalidation per
-//!   thread), and the throughput (criterion's elem/s) is total invalidations
-//!   per second. `interval`: 1,000 interval notifiers, each thread hitting its
-//!   own one (the KVM/HMM case). `list_1sub`: one list subscriber whose
-//!   callbacks write nothing shared, so any slowdown is the library's own
-//!   shared state.
+//! * `concurrent_invalidate/list_1sub/t`: t = 1 or 2 threads invalidating
+//!   disjoint ranges of one address space as fast as they can, with one list
+//!   subscriber whose callbacks write nothing shared, so any slowdown is the
+//!   library's own shared state; the reported time is wall time per *round*
+//!   (one invalidation per thread), and the throughput (criterion's elem/s)
+//!   is total invalidations per second.
 //!
-//! Every address space is built once per group, outside the timed loops
-//! (the 1M-interval one takes a few seconds to build and tear down, even when
-//! a name filter skips its benchmarks). Measurement is kept short (the
+//! Interval invalidation (one hit among n intervals, and its thread scaling)
+//! is measured by `benches/interval_tree.rs` and `benches/interval_scaling.rs`.
+//!
+//! Every address space is built once per group, outside the timed loops.
+//! Measurement is kept short (the
 //! benchmark host is small and shared): a full run takes about 1.5 minutes on
 //! two cores; pass `--quick` for a faster, coarser one.
 
 use std::hint::black_box;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mmu_notifier::interval_tree::IntervalTree;
-use mmu_notifier::{Capabilities, Event, IntervalNotifier, Mm, MmuNotifierOps, Range, WouldBlock};
+use mmu_notifier::{Capabilities, Mm, MmuNotifierOps, Range, WouldBlock};
 
-const PAGE: u64 = 4096;
 const LIST_SIZES: [usize; 4] = [1, 4, 16, 64];
-const TREE_SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
-/// Pre-generated targets per size, cycled through (power of two).
-const TARGETS: usize = 1 << 16;
-/// Interval notifiers in the address space of the concurrent benchmark.
-const CONCURRENT_INTERVALS: usize = 1_000;
 
 #[path = "common/rng.rs"]
+#[allow(dead_code)]
 mod rng;
-use rng::Rng;
 #[path = "common/subscribers.rs"]
 mod subscribers;
 use subscribers::{baseline_dispatch, Bump, Callbacks, SetSeq};
-
-fn page_range(start: u64) -> Range {
-    Range::new(start, start + PAGE, Event::Unmap).expect("non-empty range")
-}
+#[path = "common/intervals.rs"]
+#[allow(dead_code)]
+mod intervals;
+use intervals::{page_range, PAGE};
 
 // ---------------------------------------------------------------- list dispatch
 
@@ -149,91 +130,6 @@ fn bench_read_side(c: &mut Criterion) {
 
 // ---------------------------------------------------------------- one hit among n
 
-/// `n` disjoint one-page intervals on every other page, in a random insertion order.
-fn interval_starts(n: usize, rng: &mut Rng) -> Vec<u64> {
-    let mut starts: Vec<u64> = (0..n as u64).map(|i| 2 * i * PAGE).collect();
-    for i in (1..starts.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        starts.swap(i, j);
-    }
-    starts
-}
-
-fn bench_interval_invalidate(c: &mut Criterion) {
-    for n in TREE_SIZES {
-        let mut rng = Rng(n as u64);
-        let starts = interval_starts(n, &mut rng);
-        let targets: Vec<u64> = (0..TARGETS)
-            .map(|_| 2 * rng.below(n as u64) * PAGE)
-            .collect();
-
-        let built = Instant::now();
-        let mm = Mm::new();
-        let ivs: Vec<IntervalNotifier> = starts
-            .iter()
-            .map(|&s| {
-                mm.interval_notifier_insert(s, PAGE, SetSeq)
-                    .expect("insert")
-            })
-            .collect();
-        let mut tree = IntervalTree::with_capacity(n);
-        for &s in &starts {
-            tree.insert(s, s + PAGE - 1, s);
-        }
-        eprintln!("n = {n}: built in {:.2?}", built.elapsed());
-        drop(starts);
-
-        let mut group = c.benchmark_group("interval_invalidate");
-        group.bench_with_input(BenchmarkId::new("mmu_notifier", n), &n, |b, _| {
-            let mut i = 0usize;
-            b.iter(|| {
-                let s = targets[i & (TARGETS - 1)];
-                i = i.wrapping_add(1);
-                drop(mm.invalidate_range_start(page_range(black_box(s))));
-            });
-        });
-        group.bench_with_input(BenchmarkId::new("baseline_tree_stab", n), &n, |b, _| {
-            let mut i = 0usize;
-            b.iter(|| {
-                let s = targets[i & (TARGETS - 1)];
-                i = i.wrapping_add(1);
-                let mut sum = 0u64;
-                tree.for_each_overlap(black_box(s), black_box(s + PAGE - 1), |_, _, _, v| {
-                    sum = sum.wrapping_add(*v);
-                    ControlFlow::Continue(())
-                });
-                black_box(sum)
-            });
-        });
-        // The same interval every time: the tree path stays in cache, so what grows with n
-        // is the O(log n) descent alone, not the memory latency of a random one.
-        let hot = 2 * (n as u64 / 2) * PAGE;
-        group.bench_with_input(BenchmarkId::new("mmu_notifier_hot", n), &n, |b, _| {
-            b.iter(|| drop(mm.invalidate_range_start(page_range(black_box(hot)))));
-        });
-        group.bench_with_input(BenchmarkId::new("baseline_tree_stab_hot", n), &n, |b, _| {
-            b.iter(|| {
-                let mut sum = 0u64;
-                tree.for_each_overlap(black_box(hot), black_box(hot + PAGE - 1), |_, _, _, v| {
-                    sum = sum.wrapping_add(*v);
-                    ControlFlow::Continue(())
-                });
-                black_box(sum)
-            });
-        });
-        group.finish();
-
-        let state = mm.interval_state().expect("interval mode");
-        assert_eq!((state.intervals, state.active), (n, 0));
-        assert!(!state.invalidating());
-        let torn_down = Instant::now();
-        for iv in ivs {
-            iv.remove().expect("remove");
-        }
-        eprintln!("n = {n}: removed in {:.2?}", torn_down.elapsed());
-    }
-}
-
 // ---------------------------------------------------------------- concurrency
 
 /// A list subscriber that writes nothing shared.
@@ -287,30 +183,6 @@ fn bench_concurrent(c: &mut Criterion) {
     let mut group = c.benchmark_group("concurrent_invalidate");
 
     let mm = Mm::new();
-    let ivs: Vec<IntervalNotifier> = (0..CONCURRENT_INTERVALS as u64)
-        .map(|i| {
-            mm.interval_notifier_insert(2 * i * PAGE, PAGE, SetSeq)
-                .expect("insert")
-        })
-        .collect();
-    // Each thread hits its own interval, far apart in the tree.
-    let ranges = [
-        page_range(ivs[CONCURRENT_INTERVALS / 4].start()),
-        page_range(ivs[3 * CONCURRENT_INTERVALS / 4].start()),
-    ];
-    for threads in [1usize, 2] {
-        group.throughput(Throughput::Elements(threads as u64));
-        group.bench_with_input(BenchmarkId::new("interval", threads), &threads, |b, &t| {
-            b.iter_custom(|iters| race(&mm, &ranges, t, iters));
-        });
-    }
-    let state = mm.interval_state().expect("interval mode");
-    assert_eq!((state.active, state.deferred), (0, 0));
-    for iv in ivs {
-        iv.remove().expect("remove");
-    }
-
-    let mm = Mm::new();
     let sub = mm.register(Quiet).expect("register");
     let ranges = [page_range(0x10_0000), page_range(0x80_0000)];
     for threads in [1usize, 2] {
@@ -333,6 +205,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_no_subscriber, bench_list_dispatch, bench_read_side, bench_interval_invalidate, bench_concurrent
+    targets = bench_no_subscriber, bench_list_dispatch, bench_read_side, bench_concurrent
 }
 criterion_main!(benches);

@@ -1,119 +1,235 @@
-//! An augmented AVL tree over closed `u64` intervals.
+//! An augmented B+ tree over closed `u64` intervals.
 //!
-//! [`IntervalTree`] stores closed intervals `[start, last]` (both ends
-//! inclusive, so `last` may be `u64::MAX`) together with a value of type `V`.
-//! Duplicate and overlapping intervals are allowed. It answers "which stored
-//! intervals overlap `[start, last]`?" in ascending order, which is what the
-//! invalidation path needs to find the interval notifiers covering a range.
+//! [`IntervalTree`] stores closed intervals `[start, last]` (both ends inclusive, so `last`
+//! may be `u64::MAX`), each under a caller-chosen `key` and with a value of type `V`. An
+//! entry is identified by `(start, key)`, which must be unique; intervals themselves may
+//! repeat and overlap freely. It answers "which stored intervals overlap `[start, last]`?" in
+//! ascending `(start, key)` order, which is what the invalidation path needs to find the
+//! interval notifiers covering a range.
 //!
 //! # Design
 //!
-//! * Nodes live in an arena (`Vec`) addressed by `u32` indices; freed slots are
-//!   reused through an intrusive free list. A [`NodeId`] carries the slot index
-//!   and a generation number, so an id that outlives its node is reported as
-//!   stale (`None` / `false`) instead of aliasing whichever node reuses the
-//!   slot. A slot whose generation would wrap is retired, never reused.
-//! * The fields a query touches (`start`, `last`, the cached subtree maximum of
-//!   `last`, and the two child links) are kept in a separate, 32-byte aligned
-//!   array: two nodes per cache line, and a node never straddles two lines.
-//!   Parent links, heights, generations and values live in a second array
-//!   that queries only read for the intervals they report.
-//! * The tree is ordered by `start`; among equal `start`s a newly inserted
-//!   interval goes after every interval already present with that `start`.
-//!   Rotations and removals preserve in-order position, so the tie order is
-//!   **insertion order**: of two live intervals with equal `start`, the one
-//!   inserted earlier is visited first.
-//! * Each node caches the maximum `last` of its subtree (like `__subtree_last`
-//!   in Linux's `interval_tree_generic.h`), which lets queries skip every
-//!   subtree that ends before the query starts.
+//! * A B+ tree of fan-out [`FANOUT`] (16): a random stab into a million intervals descends
+//!   five or six levels instead of the twenty-odd of a binary tree, and the upper levels are
+//!   few enough to stay in cache, so the query pays one or two memory misses instead of one
+//!   per level.
+//! * Every node stores, per slot, the `start` and `key` (for an inner node: those of the
+//!   child's first entry) and the `last` (for an inner node: the maximum `last` of the
+//!   child's subtree, as `__subtree_last` in Linux's `interval_tree_generic.h`), each in its
+//!   own array: a query scans the `start` array until it passes the range's end and descends
+//!   only into children whose maximum reaches the range's start.
+//! * Leaves hold the values; inner nodes hold boxed children. Nothing is shared: the tree is
+//!   `Send`/`Sync` exactly when `V` is.
 //!
-//! Nothing is recursive: updates walk parent links, queries use a fixed-size
-//! stack bounded by the AVL height (at most 45 levels for the at most
-//! `u32::MAX` nodes the arena can address).
+//! Queries recurse at most once per level (the height is at most 16 even for `2^32` entries,
+//! since every node but the root holds at least [`FANOUT`]` / 4` slots).
 //!
 //! # Complexity
 //!
-//! `insert` and `remove` are `O(log n)`. [`IntervalTree::first_overlap`] is
-//! `O(log n)`. Enumerating the `k` overlapping intervals costs `O(log n + k)`
-//! when the matches are contiguous in start order (for example when stored
-//! intervals do not nest, as with disjoint or merely touching ranges) and at
-//! most `O(log n + k·log(n/k))` in general (matches scattered among nested,
-//! non-matching intervals), the usual bound for max-augmented search trees.
+//! `insert`, `remove`, `get` are `O(FANOUT · log n)` comparisons over a handful of cache
+//! lines per level. Enumerating the `k` overlapping intervals costs `O(log n + k)` node
+//! visits when the matches are contiguous in start order (as with disjoint or merely
+//! touching ranges) and more when matches are scattered among nested, non-matching
+//! intervals, the usual bound for max-augmented search trees.
 
 use core::fmt;
-use core::iter::FusedIterator;
 use core::ops::ControlFlow;
 
-/// Sentinel index meaning "no node".
+/// Maximum number of slots (entries of a leaf, children of an inner node) of a node.
+pub const FANOUT: usize = 16;
+/// A node other than the root below this many slots is merged with or refilled from a
+/// sibling.
+const MIN_FILL: usize = FANOUT / 4;
+
+/// The slots of one node: `start`, `key` and `last` of each, and the item (a value in a
+/// leaf, a child in an inner node). Slots `0..len` are live, in ascending `(start, key)`.
+#[repr(C, align(64))]
+struct Slots<T> {
+    start: [u64; FANOUT],
+    last: [u64; FANOUT],
+    item: [Option<T>; FANOUT],
+    key: [u64; FANOUT],
+    len: usize,
+}
+
+/// A slot's contents out of its node.
+type Slot<T> = (u64, u64, u64, T);
+
+impl<T> Slots<T> {
+    fn new() -> Self {
+        Slots {
+            start: [0; FANOUT],
+            last: [0; FANOUT],
+            item: core::array::from_fn(|_| None),
+            key: [0; FANOUT],
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == FANOUT
+    }
+
+    /// The first slot whose `(start, key)` is not below `(start, key)`: `Ok` if equal. Reads
+    /// the `key` array only among equal starts.
+    #[inline]
+    fn search(&self, start: u64, key: u64) -> Result<usize, usize> {
+        let n = self.len;
+        let mut i = self.start[..n].iter().take_while(|&&s| s < start).count();
+        while i < n && self.start[i] == start {
+            if self.key[i] >= key {
+                return if self.key[i] == key { Ok(i) } else { Err(i) };
+            }
+            i += 1;
+        }
+        Err(i)
+    }
+
+    /// The child of an inner node whose subtree would hold `(start, key)`.
+    #[inline]
+    fn child_for(&self, start: u64, key: u64) -> usize {
+        match self.search(start, key) {
+            Ok(i) => i,
+            Err(i) => i.saturating_sub(1),
+        }
+    }
+
+    /// Inserts a slot at `i`; the caller checked that the node is not full.
+    fn insert_at(&mut self, i: usize, (start, last, key, item): Slot<T>) {
+        debug_assert!(self.len < FANOUT && i <= self.len);
+        let n = self.len;
+        self.start.copy_within(i..n, i + 1);
+        self.last.copy_within(i..n, i + 1);
+        self.key.copy_within(i..n, i + 1);
+        self.item[i..=n].rotate_right(1);
+        self.start[i] = start;
+        self.last[i] = last;
+        self.key[i] = key;
+        self.item[i] = Some(item);
+        self.len += 1;
+    }
+
+    /// Removes slot `i` (live).
+    fn remove_at(&mut self, i: usize) -> Option<Slot<T>> {
+        if i >= self.len {
+            return None;
+        }
+        let n = self.len;
+        let out = (
+            self.start[i],
+            self.last[i],
+            self.key[i],
+            self.item[i].take()?,
+        );
+        self.start.copy_within(i + 1..n, i);
+        self.last.copy_within(i + 1..n, i);
+        self.key.copy_within(i + 1..n, i);
+        self.item[i..n].rotate_left(1);
+        self.len -= 1;
+        Some(out)
+    }
+
+    /// Moves the upper half of the slots into a new node.
+    fn split_off_half(&mut self) -> Slots<T> {
+        let mut right = Slots::new();
+        let keep = self.len / 2;
+        let moved = self.len - keep;
+        right.start[..moved].copy_from_slice(&self.start[keep..self.len]);
+        right.last[..moved].copy_from_slice(&self.last[keep..self.len]);
+        right.key[..moved].copy_from_slice(&self.key[keep..self.len]);
+        for (dst, src) in right.item.iter_mut().zip(&mut self.item[keep..self.len]) {
+            *dst = src.take();
+        }
+        right.len = moved;
+        self.len = keep;
+        right
+    }
+
+    /// Moves every slot of `other` (all after this node's) to the end of this node; the
+    /// caller checked that they fit.
+    fn append(&mut self, other: &mut Slots<T>) {
+        debug_assert!(self.len + other.len <= FANOUT);
+        let (at, n) = (self.len, other.len);
+        self.start[at..at + n].copy_from_slice(&other.start[..n]);
+        self.last[at..at + n].copy_from_slice(&other.last[..n]);
+        self.key[at..at + n].copy_from_slice(&other.key[..n]);
+        for (dst, src) in self.item[at..at + n].iter_mut().zip(&mut other.item[..n]) {
+            *dst = src.take();
+        }
+        self.len += n;
+        other.len = 0;
+    }
+
+    /// The maximum `last` over the live slots.
+    fn max_last(&self) -> u64 {
+        self.last[..self.len].iter().copied().max().unwrap_or(0)
+    }
+
+    fn first_key(&self) -> (u64, u64) {
+        (self.start[0], self.key[0])
+    }
+}
+
+/// Sentinel index: no node.
 const NIL: u32 = u32::MAX;
+/// Inner levels a tree can have: every node but the root holds at least [`MIN_FILL`]
+/// slots, so `MAX_DEPTH` levels would need more than `2^32` entries.
+const MAX_DEPTH: usize = 17;
 
-/// Capacity of the explicit traversal stack of [`Overlaps`].
-///
-/// An AVL tree of height `h` holds at least `F(h + 2) - 1` nodes (`F` the
-/// Fibonacci numbers). `F(48) - 1 > u32::MAX`, and the arena holds fewer than
-/// `u32::MAX` nodes, so the height is at most 45; the stack holds at most one
-/// node per level.
-const STACK_CAP: usize = 48;
+/// A leaf: values.
+type Leaf<V> = Slots<V>;
+/// An inner node: children, as indices into the leaf arena (the level above the leaves) or
+/// into the inner arena (the levels above).
+type Inner = Slots<u32>;
 
-/// Handle to an interval stored in an [`IntervalTree`].
-///
-/// Ids are stable for the lifetime of the interval (rebalancing never changes
-/// them). Once the interval is removed (or the tree cleared) the id becomes
-/// stale: every lookup with it returns `None`/`false`, even after its slot has
-/// been reused by a newer interval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NodeId {
-    index: u32,
-    generation: u32,
-}
-
-impl NodeId {
-    /// Slot index of the node in the tree's arena (dense, reused after
-    /// removal; useful as a key into side tables sized by capacity).
-    pub fn index(self) -> u32 {
-        self.index
-    }
-
-    /// Generation of the slot at the time the id was handed out.
-    pub fn generation(self) -> u32 {
-        self.generation
+/// Two distinct elements `v[a]`, `v[b]` of a slice, mutably, in either index order.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Option<(&mut T, &mut T)> {
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        Some((x.get_mut(a)?, y.get_mut(0)?))
+    } else if b < a {
+        let (x, y) = v.split_at_mut(a);
+        Some((y.get_mut(0)?, x.get_mut(b)?))
+    } else {
+        None
     }
 }
 
-/// Query-hot part of a node: exactly 32 bytes, 32-byte aligned.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(32))]
-struct Link {
-    start: u64,
-    last: u64,
-    /// Maximum `last` over the subtree rooted here.
-    subtree_last: u64,
-    left: u32,
-    right: u32,
+/// Merges `r` into `l` when both fit in one node, else moves one slot to the short one (`l`
+/// if `into_left`). Returns whether it merged (`r` is then empty).
+fn even_out<T>(l: &mut Slots<T>, r: &mut Slots<T>, into_left: bool) -> bool {
+    if l.len + r.len <= FANOUT {
+        l.append(r);
+        return true;
+    }
+    if into_left {
+        if let Some(slot) = r.remove_at(0) {
+            l.insert_at(l.len, slot);
+        }
+    } else if let Some(slot) = l.remove_at(l.len - 1) {
+        r.insert_at(0, slot);
+    }
+    false
 }
 
-const EMPTY_LINK: Link = Link {
-    start: 0,
-    last: 0,
-    subtree_last: 0,
-    left: NIL,
-    right: NIL,
-};
-
-/// Cold part of a node.
-#[derive(Clone, Debug)]
-struct Slot<V> {
-    /// `Some` iff the slot holds a live interval.
-    value: Option<V>,
-    /// Parent link of a live node; next free slot (or `NIL`) of a free one.
-    parent: u32,
-    /// Bumped on every free; `u32::MAX` marks a retired slot.
-    generation: u32,
-    /// AVL height of the subtree rooted here (a leaf has height 1).
-    height: u8,
+/// Inserts `slot` at `i` of `s`, splitting `s` if it is full: the split-off upper half comes
+/// back.
+fn insert_splitting<T>(s: &mut Slots<T>, i: usize, slot: Slot<T>) -> Option<Slots<T>> {
+    if !s.is_full() {
+        s.insert_at(i, slot);
+        return None;
+    }
+    let mut right = s.split_off_half();
+    if i <= s.len {
+        s.insert_at(i, slot);
+    } else {
+        right.insert_at(i - s.len, slot);
+    }
+    Some(right)
 }
 
-/// An augmented balanced search tree of closed `u64` intervals with values.
+/// An augmented B+ tree of closed `u64` intervals with values, each entry named by a unique
+/// `(start, key)`.
 ///
 /// See the [module documentation](self) for ordering and complexity.
 ///
@@ -122,20 +238,28 @@ struct Slot<V> {
 /// use mmu_notifier::interval_tree::IntervalTree;
 ///
 /// let mut tree = IntervalTree::new();
-/// let a = tree.insert(0x1000, 0x1fff, "a");
-/// let b = tree.insert(0x3000, u64::MAX, "b");
-/// assert_eq!(tree.first_overlap(0x1800, 0x3000), Some(a));
-/// let hits: Vec<_> = tree.overlaps(0x1800, 0x3000).map(|(_, _, _, v)| *v).collect();
+/// tree.insert(0x1000, 0x1fff, 1, "a").unwrap();
+/// tree.insert(0x3000, u64::MAX, 2, "b").unwrap();
+/// assert_eq!(tree.insert(0x3000, 0x3fff, 2, "dup"), Err("dup"));
+/// let mut hits = Vec::new();
+/// tree.for_each_overlap(0x1800, 0x3000, |_, _, _, v| {
+///     hits.push(*v);
+///     ControlFlow::Continue(())
+/// });
 /// assert_eq!(hits, ["a", "b"]);
-/// assert_eq!(tree.remove(b), Some("b"));
-/// assert_eq!(tree.remove(b), None); // stale id
+/// assert_eq!(tree.remove(0x3000, 2), Some("b"));
+/// assert_eq!(tree.remove(0x3000, 2), None);
 /// ```
-#[derive(Clone)]
 pub struct IntervalTree<V> {
-    links: Vec<Link>,
-    slots: Vec<Slot<V>>,
+    /// The nodes live in two arenas (dense memory: fewer pages, fewer TLB misses than one
+    /// allocation per node) addressed by `u32`; freed nodes are reused.
+    leaves: Vec<Leaf<V>>,
+    inners: Vec<Inner>,
+    free_leaves: Vec<u32>,
+    free_inners: Vec<u32>,
     root: u32,
-    free_head: u32,
+    /// Inner levels above the leaves (0: the root is a leaf).
+    depth: usize,
     len: usize,
 }
 
@@ -147,31 +271,29 @@ impl<V> Default for IntervalTree<V> {
 
 impl<V: fmt::Debug> fmt::Debug for IntervalTree<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.iter().map(|(_, s, l, v)| (s, l, v)))
-            .finish()
+        let mut list = f.debug_list();
+        self.for_each_overlap(0, u64::MAX, |s, l, k, v| {
+            list.entry(&(s, l, k, v));
+            ControlFlow::Continue(())
+        });
+        list.finish()
     }
 }
 
+/// What one level of an insert hands to the level above: the index of the node split off
+/// the child, if it split.
+type Carry = Option<u32>;
+
 impl<V> IntervalTree<V> {
-    /// Creates an empty tree. Does not allocate.
+    /// Creates an empty tree (one empty leaf).
     pub fn new() -> Self {
         Self {
-            links: Vec::new(),
-            slots: Vec::new(),
-            root: NIL,
-            free_head: NIL,
-            len: 0,
-        }
-    }
-
-    /// Creates an empty tree with room for `n` intervals before reallocating.
-    pub fn with_capacity(n: usize) -> Self {
-        Self {
-            links: Vec::with_capacity(n),
-            slots: Vec::with_capacity(n),
-            root: NIL,
-            free_head: NIL,
+            leaves: vec![Slots::new()],
+            inners: Vec::new(),
+            free_leaves: Vec::new(),
+            free_inners: Vec::new(),
+            root: 0,
+            depth: 0,
             len: 0,
         }
     }
@@ -186,892 +308,457 @@ impl<V> IntervalTree<V> {
         self.len == 0
     }
 
-    /// Inserts the closed interval `[start, last]` with `value` and returns
-    /// its id.
-    ///
-    /// The caller guarantees `start <= last` (checked by a `debug_assert!`).
-    /// In release builds an inverted interval is stored as given and is
-    /// reported by a query `[qs, ql]` exactly when `start <= ql && last >= qs`;
-    /// use [`try_insert`](Self::try_insert) to reject it instead.
-    ///
-    /// An interval equal in `start` to intervals already present is ordered
-    /// after them (see the [module documentation](self)).
-    ///
-    /// # Panics
-    ///
-    /// If the tree already holds `u32::MAX` slots (about 4·10⁹ nodes, far
-    /// beyond available memory in practice), like `Vec` on capacity overflow.
-    pub fn insert(&mut self, start: u64, last: u64, value: V) -> NodeId {
-        debug_assert!(start <= last, "inverted interval [{start:#x}, {last:#x}]");
-        match self.insert_inner(start, last, value) {
-            Some(id) => id,
-            None => panic!("IntervalTree: node arena exhausted (u32 indices)"),
+    /// Height of the tree (a lone leaf is 1). For tests and benchmarks.
+    pub fn height(&self) -> usize {
+        self.depth + 1
+    }
+
+    fn alloc_leaf(&mut self, s: Leaf<V>) -> u32 {
+        match self.free_leaves.pop() {
+            Some(i) => {
+                self.leaves[i as usize] = s;
+                i
+            }
+            None => {
+                self.leaves.push(s);
+                (self.leaves.len() - 1) as u32
+            }
         }
     }
 
-    /// Like [`insert`](Self::insert), but returns `None` (dropping `value`)
-    /// instead of inserting when `start > last`, or when the arena cannot
-    /// address another node.
-    pub fn try_insert(&mut self, start: u64, last: u64, value: V) -> Option<NodeId> {
-        if start > last {
-            return None;
+    fn alloc_inner(&mut self, s: Inner) -> u32 {
+        match self.free_inners.pop() {
+            Some(i) => {
+                self.inners[i as usize] = s;
+                i
+            }
+            None => {
+                self.inners.push(s);
+                (self.inners.len() - 1) as u32
+            }
         }
-        self.insert_inner(start, last, value)
     }
 
-    /// Removes the interval `id` and returns its value, or `None` if `id` is
-    /// stale or does not belong to this tree.
-    pub fn remove(&mut self, id: NodeId) -> Option<V> {
-        if !self.contains(id) {
-            return None;
+    /// `(first start, maximum last, first key, slot count)` of node `idx` at `level`
+    /// (0: a leaf).
+    fn summary(&self, level: usize, idx: u32) -> (u64, u64, u64, usize) {
+        fn of<T>(s: &Slots<T>) -> (u64, u64, u64, usize) {
+            (s.start[0], s.max_last(), s.key[0], s.len)
         }
-        let n = id.index;
-        // Node whose cached values are out of step with its children after a
-        // successor swap; the upward pass must not stop below it.
-        let mut must_visit = NIL;
-        if self.left(n) != NIL && self.right(n) != NIL {
-            // Move `n` into its in-order successor's position (which has no
-            // left child) by relinking, so that ids stay attached to their
-            // intervals; the successor takes `n`'s place.
-            let s = self.leftmost(self.right(n));
-            self.swap_with_successor(n, s);
-            must_visit = s;
-        }
-        let child = if self.left(n) != NIL {
-            self.left(n)
+        if level == 0 {
+            of(&self.leaves[idx as usize])
         } else {
-            self.right(n)
+            of(&self.inners[idx as usize])
+        }
+    }
+
+    /// Refreshes the summary of child `i` of inner node `p`, whose children are at `level`;
+    /// returns the child's slot count.
+    fn refresh(&mut self, p: u32, i: usize, level: usize) -> usize {
+        let Some(child) = self.inners[p as usize].item[i] else {
+            return 0;
         };
-        let parent = self.parent(n);
-        self.replace_child(parent, n, child);
-        if child != NIL {
-            self.set_parent(child, parent);
+        let (s, l, k, n) = self.summary(level, child);
+        if n > 0 {
+            let parent = &mut self.inners[p as usize];
+            (parent.start[i], parent.last[i], parent.key[i]) = (s, l, k);
         }
-        self.fix_upward(parent, must_visit);
-        self.len -= 1;
-        self.free_slot(n)
+        n
     }
 
-    /// Shared reference to the value of interval `id`, `None` if stale.
-    pub fn get(&self, id: NodeId) -> Option<&V> {
-        match self.slots.get(id.index as usize) {
-            Some(slot) if slot.generation == id.generation => slot.value.as_ref(),
-            _ => None,
+    /// The path from the root to the leaf that holds or would hold `(start, key)`: each
+    /// inner node with the slot taken, and the leaf.
+    fn descend(&self, start: u64, key: u64, path: &mut [(u32, usize); MAX_DEPTH]) -> u32 {
+        let mut node = self.root;
+        for step in path.iter_mut().take(self.depth) {
+            let s = &self.inners[node as usize];
+            let i = s.child_for(start, key);
+            *step = (node, i);
+            node = s.item[i].unwrap_or(NIL);
         }
+        node
     }
 
-    /// Mutable reference to the value of interval `id`, `None` if stale.
-    pub fn get_mut(&mut self, id: NodeId) -> Option<&mut V> {
-        match self.slots.get_mut(id.index as usize) {
-            Some(slot) if slot.generation == id.generation => slot.value.as_mut(),
-            _ => None,
-        }
-    }
-
-    /// The `(start, last)` of interval `id`, `None` if stale.
-    pub fn interval(&self, id: NodeId) -> Option<(u64, u64)> {
-        if self.contains(id) {
-            let link = &self.links[id.index as usize];
-            Some((link.start, link.last))
-        } else {
-            None
-        }
-    }
-
-    /// Whether `id` refers to an interval currently in the tree.
-    pub fn contains(&self, id: NodeId) -> bool {
-        matches!(
-            self.slots.get(id.index as usize),
-            Some(slot) if slot.generation == id.generation && slot.value.is_some()
-        )
-    }
-
-    /// Calls `f(id, start, last, &value)` for every stored interval that
-    /// overlaps the closed range `[start, last]`, in ascending `start` order
-    /// (ties in insertion order), stopping early as soon as `f` returns
-    /// [`ControlFlow::Break`].
+    /// Inserts the closed interval `[start, last]` under `key` with `value`.
     ///
-    /// A stored `[s, l]` overlaps when `s <= last && l >= start`. An inverted
-    /// query (`start > last`) matches nothing. See the
-    /// [module documentation](self) for the cost.
+    /// Errors: an entry `(start, key)` is already present (the tree is unchanged and `value`
+    /// comes back). The caller keeps `start <= last`; an inverted interval is stored as
+    /// given and reported by a query `[qs, ql]` exactly when `start <= ql && last >= qs`.
+    pub fn insert(&mut self, start: u64, last: u64, key: u64, value: V) -> Result<(), V> {
+        let mut path = [(NIL, 0); MAX_DEPTH];
+        let leaf_idx = self.descend(start, key, &mut path);
+        let Some(leaf) = self.leaves.get_mut(leaf_idx as usize) else {
+            return Err(value);
+        };
+        let i = match leaf.search(start, key) {
+            Ok(_) => return Err(value),
+            Err(i) => i,
+        };
+        let mut carry: Carry = insert_splitting(leaf, i, (start, last, key, value))
+            .map(|right| self.alloc_leaf(right));
+        for level in 0..self.depth {
+            let (p, i) = path[self.depth - 1 - level];
+            let Some(new) = carry else {
+                // No split below: the child gained one entry, so its summary only widens,
+                // and once a level is unchanged, none above changes either.
+                let parent = &mut self.inners[p as usize];
+                let first = (start, key) < (parent.start[i], parent.key[i]);
+                if !first && last <= parent.last[i] {
+                    break;
+                }
+                if first {
+                    (parent.start[i], parent.key[i]) = (start, key);
+                }
+                parent.last[i] = parent.last[i].max(last);
+                continue;
+            };
+            self.refresh(p, i, level);
+            let (s, l, k, _) = self.summary(level, new);
+            carry = insert_splitting(&mut self.inners[p as usize], i + 1, (s, l, k, new))
+                .map(|right| self.alloc_inner(right));
+        }
+        if let Some(new) = carry {
+            let mut top = Slots::new();
+            for child in [self.root, new] {
+                let (s, l, k, _) = self.summary(self.depth, child);
+                top.insert_at(top.len, (s, l, k, child));
+            }
+            self.root = self.alloc_inner(top);
+            self.depth += 1;
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Removes the entry `(start, key)` and returns its value, or `None` if there is none.
+    pub fn remove(&mut self, start: u64, key: u64) -> Option<V> {
+        let mut path = [(NIL, 0); MAX_DEPTH];
+        let leaf_idx = self.descend(start, key, &mut path);
+        let leaf = self.leaves.get_mut(leaf_idx as usize)?;
+        let i = leaf.search(start, key).ok()?;
+        let (_, last, _, value) = leaf.remove_at(i)?;
+        let mut fill = leaf.len;
+        self.len -= 1;
+        for level in 0..self.depth {
+            let (p, i) = path[self.depth - 1 - level];
+            let parent = &self.inners[p as usize];
+            if fill >= MIN_FILL
+                && last < parent.last[i]
+                && (start, key) != (parent.start[i], parent.key[i])
+            {
+                // The child kept its first entry and its maximum (held by another entry)
+                // and needs no rebalancing: nothing above changes.
+                break;
+            }
+            if self.refresh(p, i, level) < MIN_FILL {
+                self.rebalance(p, i, level);
+            }
+            fill = self.inners[p as usize].len;
+        }
+        // An inner root left with one child hands the root to it.
+        if self.depth > 0 && self.inners[self.root as usize].len == 1 {
+            let old = self.root;
+            if let Some(child) = self.inners[old as usize].remove_at(0) {
+                self.root = child.3;
+                self.depth -= 1;
+                self.free_inners.push(old);
+            }
+        }
+        Some(value)
+    }
+
+    /// Child `i` of inner node `p` (children at `level`) fell below [`MIN_FILL`]: merges it
+    /// with a neighbour or moves one slot over from it.
+    fn rebalance(&mut self, p: u32, i: usize, level: usize) {
+        let parent = &self.inners[p as usize];
+        if parent.len < 2 {
+            return;
+        }
+        let lo = if i + 1 < parent.len { i } else { i - 1 };
+        let (Some(a), Some(b)) = (parent.item[lo], parent.item[lo + 1]) else {
+            return;
+        };
+        let (a, b, into_left) = (a as usize, b as usize, i == lo);
+        let merged = if level == 0 {
+            two_mut(&mut self.leaves, a, b).map(|(l, r)| even_out(l, r, into_left))
+        } else {
+            two_mut(&mut self.inners, a, b).map(|(l, r)| even_out(l, r, into_left))
+        };
+        match merged {
+            Some(true) => {
+                self.inners[p as usize].remove_at(lo + 1);
+                if level == 0 {
+                    self.free_leaves.push(b as u32);
+                } else {
+                    self.free_inners.push(b as u32);
+                }
+            }
+            Some(false) => {
+                self.refresh(p, lo + 1, level);
+            }
+            None => return,
+        }
+        self.refresh(p, lo, level);
+    }
+
+    /// The leaf slot of entry `(start, key)`.
+    fn find(&self, start: u64, key: u64) -> Option<(u32, usize)> {
+        let mut node = self.root;
+        for _ in 0..self.depth {
+            let s = &self.inners[node as usize];
+            node = s.item[s.child_for(start, key)]?;
+        }
+        let i = self.leaves.get(node as usize)?.search(start, key).ok()?;
+        Some((node, i))
+    }
+
+    /// The value of entry `(start, key)`.
+    pub fn get(&self, start: u64, key: u64) -> Option<&V> {
+        let (leaf, i) = self.find(start, key)?;
+        self.leaves[leaf as usize].item[i].as_ref()
+    }
+
+    /// The value of entry `(start, key)`, mutably.
+    pub fn get_mut(&mut self, start: u64, key: u64) -> Option<&mut V> {
+        let (leaf, i) = self.find(start, key)?;
+        self.leaves[leaf as usize].item[i].as_mut()
+    }
+
+    /// The `last` of entry `(start, key)`.
+    pub fn last_of(&self, start: u64, key: u64) -> Option<u64> {
+        let (leaf, i) = self.find(start, key)?;
+        Some(self.leaves[leaf as usize].last[i])
+    }
+
+    /// Whether the entry `(start, key)` is present.
+    pub fn contains(&self, start: u64, key: u64) -> bool {
+        self.find(start, key).is_some()
+    }
+
+    /// Calls `f(start, last, key, &value)` for every stored interval that overlaps the closed
+    /// range `[start, last]`, in ascending `(start, key)` order, stopping as soon as `f`
+    /// returns [`ControlFlow::Break`].
+    ///
+    /// A stored `[s, l]` overlaps when `s <= last && l >= start`. An inverted query
+    /// (`start > last`) matches nothing.
+    #[inline]
     pub fn for_each_overlap<F>(&self, start: u64, last: u64, mut f: F)
     where
-        F: FnMut(NodeId, u64, u64, &V) -> ControlFlow<()>,
+        F: FnMut(u64, u64, u64, &V) -> ControlFlow<()>,
     {
-        for (id, s, l, v) in self.overlaps(start, last) {
-            if f(id, s, l, v).is_break() {
-                return;
-            }
-        }
-    }
-
-    /// Iterator over the stored intervals overlapping the closed range
-    /// `[start, last]`, in the same order as
-    /// [`for_each_overlap`](Self::for_each_overlap). It never allocates.
-    pub fn overlaps(&self, start: u64, last: u64) -> Overlaps<'_, V> {
-        let mut it = Overlaps {
-            tree: self,
-            start,
-            last,
-            stack: [NIL; STACK_CAP],
-            depth: 0,
-        };
         if start <= last {
-            it.descend(self.root);
-        }
-        it
-    }
-
-    /// The first (lowest `start`, earliest inserted among equal starts)
-    /// interval overlapping `[start, last]`, in `O(log n)` without any stack.
-    /// `None` if there is none or the query is inverted.
-    pub fn first_overlap(&self, start: u64, last: u64) -> Option<NodeId> {
-        if start > last {
-            return None;
-        }
-        // The first interval in tree order with `l >= start` precedes (or is)
-        // every overlapping interval, so it is the answer iff its own
-        // `s <= last`; find it by descending on the subtree maxima.
-        let mut n = self.root;
-        if n == NIL || self.links[n as usize].subtree_last < start {
-            return None;
-        }
-        loop {
-            let link = &self.links[n as usize];
-            if link.left != NIL && self.links[link.left as usize].subtree_last >= start {
-                n = link.left;
-                continue;
-            }
-            if link.start > last {
-                return None;
-            }
-            if link.last >= start {
-                return Some(self.id_of(n));
-            }
-            // Some node in this subtree has `l >= start`; it is neither in
-            // the left subtree nor `n`, so it is on the right.
-            n = link.right;
-            if n == NIL {
-                // Unreachable while the cached maxima are consistent.
-                return None;
-            }
+            let _ = self.visit(self.root, self.depth, start, last, &mut f);
         }
     }
 
-    /// Iterator over all stored intervals in ascending order (by `start`,
-    /// ties in insertion order). The same as `overlaps(0, u64::MAX)`.
-    pub fn iter(&self) -> Overlaps<'_, V> {
-        self.overlaps(0, u64::MAX)
-    }
-
-    /// Removes every interval. All previously returned ids become stale; the
-    /// arena's memory is kept for reuse. `O(capacity)`.
-    pub fn clear(&mut self) {
-        for slot in &mut self.slots {
-            if slot.value.take().is_some() {
-                // Cannot overflow: live slots have generation < u32::MAX.
-                slot.generation += 1;
-            }
-        }
-        // Rebuild the free list in ascending index order, skipping retired
-        // slots.
-        self.free_head = NIL;
-        for i in (0..self.slots.len()).rev() {
-            let slot = &mut self.slots[i];
-            if slot.generation != u32::MAX {
-                slot.parent = self.free_head;
-                self.free_head = i as u32;
-            }
-        }
-        self.root = NIL;
-        self.len = 0;
-    }
-
-    /// Checks the structural invariants: parent links, BST order by
-    /// `start`, AVL balance and heights, cached subtree maxima, node count and
-    /// free list. Meant for tests; `O(n)` and allocating.
-    #[doc(hidden)]
-    pub fn validate(&self) -> Result<(), String> {
-        if self.links.len() != self.slots.len() {
-            return Err("arena arrays differ in length".into());
-        }
-        if self.root != NIL {
-            if self.root as usize >= self.slots.len() {
-                return Err(format!("root {} out of bounds", self.root));
-            }
-            if self.slots[self.root as usize].parent != NIL {
-                return Err("root has a parent".into());
-            }
-        }
-        // Post-order without recursion: (node, children_done).
-        let mut count = 0usize;
-        let mut stack: Vec<(u32, bool)> = Vec::new();
-        if self.root != NIL {
-            stack.push((self.root, false));
-        }
-        while let Some((n, done)) = stack.pop() {
-            let link = &self.links[n as usize];
-            let slot = &self.slots[n as usize];
-            if !done {
-                count += 1;
-                if count > self.len {
-                    return Err("more reachable nodes than len (or a cycle)".into());
+    /// Calls `f` for every entry of subtree `idx` (at `level`) overlapping `[start, last]`.
+    fn visit<F>(&self, idx: u32, level: usize, start: u64, last: u64, f: &mut F) -> ControlFlow<()>
+    where
+        F: FnMut(u64, u64, u64, &V) -> ControlFlow<()>,
+    {
+        if level == 0 {
+            let Some(s) = self.leaves.get(idx as usize) else {
+                return ControlFlow::Continue(());
+            };
+            for i in 0..s.len {
+                if s.start[i] > last {
+                    break;
                 }
-                if slot.value.is_none() {
-                    return Err(format!("node {n} reachable but free"));
-                }
-                stack.push((n, true));
-                for c in [link.left, link.right] {
-                    if c != NIL {
-                        if c as usize >= self.slots.len() {
-                            return Err(format!("child {c} of {n} out of bounds"));
-                        }
-                        if self.slots[c as usize].parent != n {
-                            return Err(format!("child {c} of {n} has wrong parent"));
-                        }
-                        stack.push((c, false));
+                if s.last[i] >= start {
+                    if let Some(v) = &s.item[i] {
+                        f(s.start[i], s.last[i], s.key[i], v)?;
                     }
                 }
-                continue;
             }
-            let (lh, rh) = (self.height(link.left), self.height(link.right));
-            if usize::from(slot.height) != 1 + usize::from(lh.max(rh)) {
-                return Err(format!("node {n}: wrong height {}", slot.height));
-            }
-            if lh.abs_diff(rh) > 1 {
-                return Err(format!("node {n}: unbalanced ({lh} vs {rh})"));
-            }
-            let mut max = link.last;
-            if link.left != NIL {
-                let l = &self.links[link.left as usize];
-                max = max.max(l.subtree_last);
-            }
-            if link.right != NIL {
-                let r = &self.links[link.right as usize];
-                max = max.max(r.subtree_last);
-            }
-            if max != link.subtree_last {
-                return Err(format!(
-                    "node {n}: subtree_last {:#x}, expected {max:#x}",
-                    link.subtree_last
-                ));
+        } else {
+            let Some(s) = self.inners.get(idx as usize) else {
+                return ControlFlow::Continue(());
+            };
+            for i in 0..s.len {
+                if s.start[i] > last {
+                    break;
+                }
+                if s.last[i] >= start {
+                    if let Some(child) = s.item[i] {
+                        self.visit(child, level - 1, start, last, f)?;
+                    }
+                }
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// The first (lowest `(start, key)`) interval overlapping `[start, last]`, as
+    /// `(start, last, key)`.
+    pub fn first_overlap(&self, start: u64, last: u64) -> Option<(u64, u64, u64)> {
+        let mut first = None;
+        self.for_each_overlap(start, last, |s, l, k, _| {
+            first = Some((s, l, k));
+            ControlFlow::Break(())
+        });
+        first
+    }
+
+    /// Removes every interval.
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Checks the structural invariants: key order, node fill, equal leaf depths, cached
+    /// first keys and subtree maxima, entry and node counts. Meant for tests; `O(n)`.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut nodes = (0, 0);
+        let (count, ..) = self.validate_node(self.root, self.depth, true, &mut nodes)?;
         if count != self.len {
-            return Err(format!("{count} reachable nodes, len {}", self.len));
+            return Err(format!("{count} entries, len says {}", self.len));
         }
-        // BST order along the in-order walk.
-        let mut prev: Option<u64> = None;
-        for (_, s, _, _) in self.iter() {
-            if prev.is_some_and(|p| p > s) {
-                return Err(format!("in-order starts decrease at {s:#x}"));
-            }
-            prev = Some(s);
-        }
-        // Free list: every free, non-retired slot exactly once.
-        let mut free = 0usize;
-        let mut f = self.free_head;
-        while f != NIL {
-            let slot = self
-                .slots
-                .get(f as usize)
-                .ok_or_else(|| format!("free slot {f} out of bounds"))?;
-            if slot.value.is_some() || slot.generation == u32::MAX {
-                return Err(format!("free list holds live or retired slot {f}"));
-            }
-            free += 1;
-            if free > self.slots.len() {
-                return Err("free list cycles".into());
-            }
-            f = slot.parent;
-        }
-        let retired = self
-            .slots
-            .iter()
-            .filter(|s| s.value.is_none() && s.generation == u32::MAX)
-            .count();
-        if free + retired + self.len != self.slots.len() {
-            return Err("free list does not cover the free slots".into());
+        if nodes.0 + self.free_leaves.len() != self.leaves.len()
+            || nodes.1 + self.free_inners.len() != self.inners.len()
+        {
+            return Err("arena nodes neither reachable nor free".into());
         }
         Ok(())
     }
 
-    // ----------------------------------------------------------------------
-    // Internals.
-
-    fn insert_inner(&mut self, start: u64, last: u64, value: V) -> Option<NodeId> {
-        let n = self.alloc(start, last, value)?;
-        // Equal starts go right: the newcomer follows existing equal starts.
-        let mut parent = NIL;
-        let mut cur = self.root;
-        let mut go_left = false;
-        while cur != NIL {
-            parent = cur;
-            let link = &self.links[cur as usize];
-            go_left = start < link.start;
-            cur = if go_left { link.left } else { link.right };
-        }
-        self.slots[n as usize].parent = parent;
-        if parent == NIL {
-            self.root = n;
-        } else {
-            if go_left {
-                self.links[parent as usize].left = n;
-            } else {
-                self.links[parent as usize].right = n;
+    /// Checks subtree `idx` at `level`; returns its entry count, first and last keys and
+    /// maximum `last`; counts its (leaf, inner) nodes into `nodes`.
+    #[allow(clippy::type_complexity)]
+    fn validate_node(
+        &self,
+        idx: u32,
+        level: usize,
+        is_root: bool,
+        nodes: &mut (usize, usize),
+    ) -> Result<(usize, (u64, u64), (u64, u64), u64), String> {
+        fn check<T>(s: &Slots<T>, is_root: bool) -> Result<(), String> {
+            let n = s.len;
+            if n > FANOUT || (!is_root && n < MIN_FILL) {
+                return Err(format!("node with {n} slots"));
             }
-            self.fix_upward(parent, NIL);
-        }
-        self.len += 1;
-        Some(self.id_of(n))
-    }
-
-    /// Takes a slot (free list first) and initialises it as a leaf.
-    fn alloc(&mut self, start: u64, last: u64, value: V) -> Option<u32> {
-        let link = Link {
-            start,
-            last,
-            subtree_last: last,
-            left: NIL,
-            right: NIL,
-        };
-        if self.free_head != NIL {
-            let n = self.free_head;
-            let slot = &mut self.slots[n as usize];
-            self.free_head = slot.parent;
-            slot.value = Some(value);
-            slot.parent = NIL;
-            slot.height = 1;
-            self.links[n as usize] = link;
-            return Some(n);
-        }
-        let n = self.slots.len();
-        if n >= NIL as usize {
-            return None;
-        }
-        self.links.push(link);
-        self.slots.push(Slot {
-            value: Some(value),
-            parent: NIL,
-            generation: 0,
-            height: 1,
-        });
-        Some(n as u32)
-    }
-
-    /// Frees the (already unlinked) slot `n` and returns its value.
-    fn free_slot(&mut self, n: u32) -> Option<V> {
-        self.links[n as usize] = EMPTY_LINK;
-        let slot = &mut self.slots[n as usize];
-        let value = slot.value.take();
-        // Live slots have generation < u32::MAX, so this cannot overflow.
-        slot.generation += 1;
-        slot.height = 0;
-        if slot.generation == u32::MAX {
-            // Retire: reusing it would eventually repeat a generation.
-            slot.parent = NIL;
-        } else {
-            slot.parent = self.free_head;
-            self.free_head = n;
-        }
-        value
-    }
-
-    fn id_of(&self, n: u32) -> NodeId {
-        NodeId {
-            index: n,
-            generation: self.slots[n as usize].generation,
-        }
-    }
-
-    #[inline]
-    fn left(&self, n: u32) -> u32 {
-        self.links[n as usize].left
-    }
-
-    #[inline]
-    fn right(&self, n: u32) -> u32 {
-        self.links[n as usize].right
-    }
-
-    #[inline]
-    fn parent(&self, n: u32) -> u32 {
-        self.slots[n as usize].parent
-    }
-
-    #[inline]
-    fn set_parent(&mut self, n: u32, p: u32) {
-        self.slots[n as usize].parent = p;
-    }
-
-    #[inline]
-    fn height(&self, n: u32) -> u8 {
-        if n == NIL {
-            0
-        } else {
-            self.slots[n as usize].height
-        }
-    }
-
-    fn leftmost(&self, mut n: u32) -> u32 {
-        loop {
-            let l = self.left(n);
-            if l == NIL {
-                return n;
+            if !(1..n).all(|i| (s.start[i - 1], s.key[i - 1]) < (s.start[i], s.key[i])) {
+                return Err("node out of order".into());
             }
-            n = l;
-        }
-    }
-
-    /// Makes `new` take `old`'s place under `parent` (`NIL`: the root).
-    fn replace_child(&mut self, parent: u32, old: u32, new: u32) {
-        if parent == NIL {
-            self.root = new;
-        } else {
-            let link = &mut self.links[parent as usize];
-            if link.left == old {
-                link.left = new;
-            } else {
-                link.right = new;
+            if s.item[..n].iter().any(Option::is_none) || s.item[n..].iter().any(Option::is_some) {
+                return Err("items do not match the length".into());
             }
+            Ok(())
         }
-    }
-
-    /// Exchanges the tree positions of `n` (which has two children) and its
-    /// in-order successor `s` (the leftmost node of `n`'s right subtree).
-    /// Afterwards `n` has no left child; the caller unlinks it and rebalances
-    /// from its new parent upwards. `s` inherits `n`'s cached height and
-    /// maximum, which describe its new subtree as its parent expects, but
-    /// its children's cached values still reflect the old layout, so the
-    /// upward pass must refresh `s` before it may stop.
-    fn swap_with_successor(&mut self, n: u32, s: u32) {
-        let np = self.parent(n);
-        let nl = self.left(n);
-        let nr = self.right(n);
-        let sp = self.parent(s);
-        let sr = self.right(s);
-
-        // `s` takes `n`'s place.
-        self.replace_child(np, n, s);
-        self.set_parent(s, np);
-        self.links[s as usize].left = nl;
-        self.set_parent(nl, s);
-        self.slots[s as usize].height = self.slots[n as usize].height;
-        self.links[s as usize].subtree_last = self.links[n as usize].subtree_last;
-        if sp == n {
-            self.links[s as usize].right = n;
-            self.set_parent(n, s);
-        } else {
-            self.links[s as usize].right = nr;
-            self.set_parent(nr, s);
-            self.links[sp as usize].left = n;
-            self.set_parent(n, sp);
-        }
-        // `n` takes `s`'s place.
-        self.links[n as usize].left = NIL;
-        self.links[n as usize].right = sr;
-        if sr != NIL {
-            self.set_parent(sr, n);
-        }
-    }
-
-    /// Recomputes `n`'s height and subtree maximum from its children.
-    #[inline]
-    fn update(&mut self, n: u32) {
-        let Link {
-            last, left, right, ..
-        } = self.links[n as usize];
-        let mut max = last;
-        if left != NIL {
-            max = max.max(self.links[left as usize].subtree_last);
-        }
-        if right != NIL {
-            max = max.max(self.links[right as usize].subtree_last);
-        }
-        self.links[n as usize].subtree_last = max;
-        self.slots[n as usize].height = 1 + self.height(left).max(self.height(right));
-    }
-
-    /// Rotates `x` down to the left; returns the new subtree root.
-    fn rotate_left(&mut self, x: u32) -> u32 {
-        let y = self.right(x);
-        let yl = self.left(y);
-        let xp = self.parent(x);
-        self.links[x as usize].right = yl;
-        if yl != NIL {
-            self.set_parent(yl, x);
-        }
-        self.set_parent(y, xp);
-        self.replace_child(xp, x, y);
-        self.links[y as usize].left = x;
-        self.set_parent(x, y);
-        self.update(x);
-        self.update(y);
-        y
-    }
-
-    /// Rotates `x` down to the right; returns the new subtree root.
-    fn rotate_right(&mut self, x: u32) -> u32 {
-        let y = self.left(x);
-        let yr = self.right(y);
-        let xp = self.parent(x);
-        self.links[x as usize].left = yr;
-        if yr != NIL {
-            self.set_parent(yr, x);
-        }
-        self.set_parent(y, xp);
-        self.replace_child(xp, x, y);
-        self.links[y as usize].right = x;
-        self.set_parent(x, y);
-        self.update(x);
-        self.update(y);
-        y
-    }
-
-    /// Restores balance at `n` (whose children are balanced and up to date)
-    /// and refreshes its cached values; returns the subtree's new root.
-    fn rebalance(&mut self, n: u32) -> u32 {
-        let (l, r) = (self.left(n), self.right(n));
-        let (lh, rh) = (self.height(l), self.height(r));
-        if lh > rh + 1 {
-            if self.height(self.left(l)) < self.height(self.right(l)) {
-                self.rotate_left(l);
+        if level == 0 {
+            let s = self.leaves.get(idx as usize).ok_or("leaf out of bounds")?;
+            check(s, is_root)?;
+            nodes.0 += 1;
+            if s.len == 0 {
+                return Ok((0, (0, 0), (0, 0), 0));
             }
-            self.rotate_right(n)
-        } else if rh > lh + 1 {
-            if self.height(self.right(r)) < self.height(self.left(r)) {
-                self.rotate_right(r);
-            }
-            self.rotate_left(n)
-        } else {
-            self.update(n);
-            n
+            let n = s.len;
+            return Ok((
+                n,
+                s.first_key(),
+                (s.start[n - 1], s.key[n - 1]),
+                s.max_last(),
+            ));
         }
-    }
-
-    /// Rebalances and refreshes the nodes from `n` towards the root after a
-    /// single insertion or removal below `n`.
-    ///
-    /// Every node off that path satisfies "cached height and maximum are
-    /// those computed from its children's cached values", so the walk stops
-    /// at the first node that needs no rotation and whose cached values come
-    /// out unchanged: nothing above it can change either. `must_visit` (or
-    /// `NIL`) is an ancestor for which that local property does not hold
-    /// yet; the walk does not stop before refreshing it.
-    fn fix_upward(&mut self, mut n: u32, mut must_visit: u32) {
-        while n != NIL {
-            let old_height = self.slots[n as usize].height;
-            let old_max = self.links[n as usize].subtree_last;
-            let top = self.rebalance(n);
-            if n == must_visit {
-                must_visit = NIL;
-            }
-            if top == n
-                && must_visit == NIL
-                && self.slots[n as usize].height == old_height
-                && self.links[n as usize].subtree_last == old_max
-            {
-                return;
-            }
-            n = self.parent(top);
+        let s = self.inners.get(idx as usize).ok_or("inner out of bounds")?;
+        check(s, is_root)?;
+        nodes.1 += 1;
+        if s.len < 2 && is_root {
+            return Err("inner root with fewer than two children".into());
         }
+        let mut count = 0;
+        let mut prev: Option<(u64, u64)> = None;
+        for i in 0..s.len {
+            let child = s.item[i].ok_or("missing child")?;
+            let (c, first, lastk, max) = self.validate_node(child, level - 1, false, nodes)?;
+            if first != (s.start[i], s.key[i]) || max != s.last[i] {
+                return Err(format!("stale summary of child {i}"));
+            }
+            if prev.is_some_and(|p| p >= first) {
+                return Err("children out of key order".into());
+            }
+            prev = Some(lastk);
+            count += c;
+        }
+        Ok((count, s.first_key(), prev.unwrap_or((0, 0)), s.max_last()))
     }
 }
-
-impl<'a, V> IntoIterator for &'a IntervalTree<V> {
-    type Item = (NodeId, u64, u64, &'a V);
-    type IntoIter = Overlaps<'a, V>;
-
-    fn into_iter(self) -> Overlaps<'a, V> {
-        self.iter()
-    }
-}
-
-/// Iterator over the intervals of an [`IntervalTree`] overlapping a query
-/// range, in ascending order; see [`IntervalTree::overlaps`].
-///
-/// Yields `(id, start, last, &value)`. Holds a fixed-size stack (no heap).
-pub struct Overlaps<'a, V> {
-    tree: &'a IntervalTree<V>,
-    start: u64,
-    last: u64,
-    /// Nodes whose left subtree is done and which, with their right
-    /// subtrees, remain to be visited; all have `start <= self.last`.
-    stack: [u32; STACK_CAP],
-    depth: usize,
-}
-
-impl<V> Clone for Overlaps<'_, V> {
-    fn clone(&self) -> Self {
-        Self {
-            tree: self.tree,
-            start: self.start,
-            last: self.last,
-            stack: self.stack,
-            depth: self.depth,
-        }
-    }
-}
-
-impl<V> fmt::Debug for Overlaps<'_, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Overlaps")
-            .field("start", &self.start)
-            .field("last", &self.last)
-            .field("pending", &&self.stack[..self.depth.min(STACK_CAP)])
-            .finish()
-    }
-}
-
-impl<V> Overlaps<'_, V> {
-    /// Pushes the left spine of subtree `n`, skipping subtrees that end
-    /// before the query and nodes that start after it.
-    #[inline]
-    fn descend(&mut self, mut n: u32) {
-        let tree = self.tree;
-        while n != NIL {
-            let link = &tree.links[n as usize];
-            if link.subtree_last < self.start {
-                return;
-            }
-            if link.start <= self.last {
-                // Cannot overflow: at most one node per level is pending
-                // (see STACK_CAP). `get_mut` keeps this panic-free anyway.
-                debug_assert!(self.depth < STACK_CAP);
-                if let Some(top) = self.stack.get_mut(self.depth) {
-                    *top = n;
-                    self.depth += 1;
-                }
-            }
-            // A node starting after the query has its right subtree after
-            // it too: only its left subtree can still match.
-            n = link.left;
-        }
-    }
-}
-
-impl<'a, V> Iterator for Overlaps<'a, V> {
-    type Item = (NodeId, u64, u64, &'a V);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let tree = self.tree;
-        while self.depth > 0 {
-            self.depth -= 1;
-            let n = self.stack[self.depth];
-            let link = &tree.links[n as usize];
-            self.descend(link.right);
-            if link.last >= self.start {
-                let slot = &tree.slots[n as usize];
-                if let Some(v) = slot.value.as_ref() {
-                    let id = NodeId {
-                        index: n,
-                        generation: slot.generation,
-                    };
-                    return Some((id, link.start, link.last, v));
-                }
-            }
-        }
-        None
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        if self.depth == 0 {
-            (0, Some(0))
-        } else {
-            (0, Some(self.tree.len))
-        }
-    }
-}
-
-impl<V> FusedIterator for Overlaps<'_, V> {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn collect(t: &IntervalTree<u32>, s: u64, l: u64) -> Vec<(u64, u64, u32)> {
-        t.overlaps(s, l).map(|(_, s, l, v)| (s, l, *v)).collect()
-    }
-
-    #[test]
-    fn layout() {
-        assert_eq!(core::mem::size_of::<Link>(), 32);
-        assert_eq!(core::mem::align_of::<Link>(), 32);
-        assert_eq!(core::mem::size_of::<NodeId>(), 8);
+        let mut out = Vec::new();
+        t.for_each_overlap(s, l, |s, l, _, v| {
+            out.push((s, l, *v));
+            ControlFlow::Continue(())
+        });
+        out
     }
 
     #[test]
     fn empty() {
         let t: IntervalTree<u32> = IntervalTree::default();
         assert!(t.is_empty());
-        assert_eq!(t.len(), 0);
         assert_eq!(t.first_overlap(0, u64::MAX), None);
-        assert_eq!(t.overlaps(0, u64::MAX).count(), 0);
-        assert_eq!(t.iter().count(), 0);
+        assert_eq!(t.get(0, 0), None);
         t.validate().unwrap();
-        let bogus = NodeId {
-            index: 7,
-            generation: 0,
-        };
-        assert!(!t.contains(bogus));
-        assert_eq!(t.get(bogus), None);
-        assert_eq!(t.interval(bogus), None);
+        assert_eq!(t.height(), 1);
     }
 
     #[test]
-    fn single() {
-        let mut t = IntervalTree::with_capacity(4);
-        let a = t.insert(10, 20, 1u32);
-        t.validate().unwrap();
+    fn single_and_duplicate_key() {
+        let mut t = IntervalTree::new();
+        t.insert(10, 20, 7, 1u32).unwrap();
+        assert_eq!(t.insert(10, 30, 7, 2), Err(2));
         assert_eq!(t.len(), 1);
-        assert_eq!(t.interval(a), Some((10, 20)));
-        assert_eq!(t.get(a), Some(&1));
-        *t.get_mut(a).unwrap() = 2;
         for (s, l, hit) in [
             (0, 9, false),
             (0, 10, true),
             (20, 30, true),
             (21, 30, false),
-            (12, 13, true),
-            (0, u64::MAX, true),
-            (15, 14, false), // inverted query
         ] {
-            assert_eq!(t.first_overlap(s, l) == Some(a), hit, "[{s}, {l}]");
-            assert_eq!(collect(&t, s, l).len(), usize::from(hit), "[{s}, {l}]");
+            assert_eq!(t.first_overlap(s, l).is_some(), hit, "[{s}, {l}]");
         }
-        assert_eq!(t.remove(a), Some(2));
-        assert!(t.is_empty());
+        assert_eq!(collect(&t, 15, 14), [], "inverted query");
+        *t.get_mut(10, 7).unwrap() = 3;
+        assert_eq!(t.last_of(10, 7), Some(20));
+        assert_eq!(t.remove(10, 7), Some(3));
+        assert_eq!(t.remove(10, 7), None);
         t.validate().unwrap();
     }
 
     #[test]
-    fn duplicates_keep_insertion_order() {
+    fn grows_and_shrinks_balanced() {
         let mut t = IntervalTree::new();
-        let ids: Vec<_> = (0..100u32)
-            .map(|i| t.insert(5, 5 + u64::from(i % 3), i))
-            .collect();
-        t.validate().unwrap();
-        let got: Vec<u32> = collect(&t, 5, 5).iter().map(|x| x.2).collect();
-        assert_eq!(got, (0..100).collect::<Vec<_>>());
-        // Remove every other one; the rest keep their relative order.
-        for id in ids.iter().step_by(2) {
-            t.remove(*id).unwrap();
-            t.validate().unwrap();
+        let n = 1u64 << 14;
+        for i in 0..n {
+            t.insert(i * 10, i * 10 + 5, i, i as u32).unwrap();
         }
-        let got: Vec<u32> = collect(&t, 0, 100).iter().map(|x| x.2).collect();
-        assert_eq!(got, (1..100).step_by(2).collect::<Vec<_>>());
-        assert_eq!(t.first_overlap(7, 7), Some(ids[5]));
-        // A newer duplicate goes last.
-        t.insert(5, 5, 1000);
-        assert_eq!(collect(&t, 5, 5).last().unwrap().2, 1000);
         t.validate().unwrap();
-    }
-
-    #[test]
-    fn max_endpoints() {
-        let mut t = IntervalTree::new();
-        let a = t.insert(u64::MAX, u64::MAX, 1u32);
-        let b = t.insert(0, u64::MAX, 2);
-        let c = t.insert(0, 0, 3);
-        let d = t.insert(u64::MAX - 1, u64::MAX, 4);
-        t.validate().unwrap();
-        assert_eq!(
-            collect(&t, u64::MAX, u64::MAX),
-            [
-                (0, u64::MAX, 2),
-                (u64::MAX - 1, u64::MAX, 4),
-                (u64::MAX, u64::MAX, 1)
-            ]
-        );
-        assert_eq!(t.first_overlap(u64::MAX, u64::MAX), Some(b));
-        assert_eq!(collect(&t, 0, 0), [(0, u64::MAX, 2), (0, 0, 3)]);
-        assert_eq!(collect(&t, 0, u64::MAX).len(), 4);
-        t.remove(b);
-        assert_eq!(t.first_overlap(1, u64::MAX), Some(d));
-        assert_eq!(t.first_overlap(1, u64::MAX - 2), None);
-        let _ = (a, c);
-        t.validate().unwrap();
-    }
-
-    #[test]
-    fn stale_ids() {
-        let mut t = IntervalTree::new();
-        let a = t.insert(1, 2, 1u32);
-        assert_eq!(t.remove(a), Some(1));
-        assert_eq!(t.remove(a), None);
-        let b = t.insert(1, 2, 2u32);
-        assert_eq!(b.index(), a.index(), "slot reused");
-        assert_ne!(a, b);
-        assert_eq!(t.remove(a), None);
-        assert_eq!(t.get(a), None);
-        assert_eq!(t.get_mut(a), None);
-        assert_eq!(t.interval(a), None);
-        assert!(!t.contains(a));
-        assert!(t.contains(b));
-        t.clear();
-        assert!(!t.contains(b));
-        assert_eq!(t.remove(b), None);
-        let c = t.insert(3, 4, 3);
-        assert!(t.contains(c) && !t.contains(b) && !t.contains(a));
-        t.validate().unwrap();
-    }
-
-    #[test]
-    fn retired_slot_not_reused() {
-        let mut t = IntervalTree::new();
-        let a = t.insert(1, 2, 1u32);
-        t.slots[a.index as usize].generation = u32::MAX - 1;
-        let a = t.id_of(a.index);
-        assert_eq!(t.remove(a), Some(1));
-        t.validate().unwrap();
-        let b = t.insert(1, 2, 2);
-        assert_ne!(b.index(), a.index());
-        assert!(!t.contains(NodeId {
-            index: a.index,
-            generation: u32::MAX
-        }));
-        t.clear();
-        t.validate().unwrap();
-        let c = t.insert(1, 2, 3);
-        assert_eq!(c.index(), b.index());
-        t.validate().unwrap();
-    }
-
-    #[test]
-    fn try_insert_rejects_inverted() {
-        let mut t = IntervalTree::new();
-        assert_eq!(t.try_insert(5, 4, 0u32), None);
-        assert!(t.is_empty());
-        assert!(t.try_insert(5, 5, 0u32).is_some());
-        assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn balanced_under_sequential_load() {
-        let mut t = IntervalTree::new();
-        let n = 1u32 << 14;
-        let ids: Vec<_> = (0..n)
-            .map(|i| t.insert(u64::from(i) * 10, u64::from(i) * 10 + 5, i))
-            .collect();
-        t.validate().unwrap();
-        // AVL bound: height < 1.4405 * log2(n + 2).
-        assert!(f64::from(t.height(t.root)) < 1.4405 * f64::from(n + 2).log2());
+        assert!(t.height() <= 6, "height {}", t.height());
         assert_eq!(collect(&t, 13, 27), [(10, 15, 1), (20, 25, 2)]);
-        for id in &ids[..(n as usize) / 2] {
-            t.remove(*id).unwrap();
+        for i in (0..n).step_by(2) {
+            assert_eq!(t.remove(i * 10, i), Some(i as u32));
         }
         t.validate().unwrap();
-        assert_eq!(t.len(), n as usize / 2);
-        assert_eq!(t.iter().next().unwrap().3, &(n / 2));
+        for i in (1..n).rev().step_by(2) {
+            assert_eq!(t.remove(i * 10, i), Some(i as u32));
+            if i % 1001 == 1 {
+                t.validate().unwrap();
+            }
+        }
+        assert!(t.is_empty());
+        t.validate().unwrap();
+        assert_eq!(t.height(), 1);
     }
 
     #[test]
-    fn early_break_and_nested() {
+    fn nested_and_early_break() {
         let mut t = IntervalTree::new();
-        // Nested intervals plus many non-matching short ones between.
-        for i in 0..50u32 {
-            t.insert(u64::from(i) * 2, 1000 - u64::from(i), i);
-            t.insert(u64::from(i) * 2 + 1, u64::from(i) * 2 + 1, 100 + i);
+        for i in 0..50u64 {
+            t.insert(i * 2, 1000 - i, i, i as u32).unwrap();
+            t.insert(i * 2 + 1, i * 2 + 1, 100 + i, 100 + i as u32)
+                .unwrap();
         }
         t.validate().unwrap();
         let hits = collect(&t, 500, 600);
@@ -1087,19 +774,28 @@ mod tests {
             }
         });
         assert_eq!(seen, 3);
-        let first = t.first_overlap(500, 600).unwrap();
-        assert_eq!(t.get(first), Some(&0));
+        assert_eq!(t.first_overlap(500, 600), Some((0, 1000, 0)));
     }
 
     #[test]
-    fn debug_and_into_iter() {
+    fn max_endpoints_and_debug() {
         let mut t = IntervalTree::new();
-        t.insert(2, 3, 'b');
-        t.insert(1, 1, 'a');
-        assert_eq!(format!("{t:?}"), "[(1, 1, 'a'), (2, 3, 'b')]");
-        let v: Vec<char> = (&t).into_iter().map(|x| *x.3).collect();
-        assert_eq!(v, ['a', 'b']);
-        let it = t.overlaps(0, 9);
-        assert_eq!(it.clone().count(), 2);
+        t.insert(u64::MAX, u64::MAX, 0, 1u32).unwrap();
+        t.insert(0, u64::MAX, 0, 2).unwrap();
+        t.insert(0, 0, 1, 3).unwrap();
+        assert_eq!(
+            collect(&t, u64::MAX, u64::MAX),
+            [(0, u64::MAX, 2), (u64::MAX, u64::MAX, 1)]
+        );
+        assert_eq!(collect(&t, 0, 0), [(0, u64::MAX, 2), (0, 0, 3)]);
+        assert_eq!(
+            format!("{t:?}"),
+            format!(
+                "[(0, {m}, 0, 2), (0, 0, 1, 3), ({m}, {m}, 0, 1)]",
+                m = u64::MAX
+            )
+        );
+        t.clear();
+        assert!(t.is_empty());
     }
 }

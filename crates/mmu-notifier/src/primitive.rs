@@ -16,4 +16,44 @@ pub(crate) use sync_prims::thread_local;
 /// while holding one of its own mutexes, so a poisoned lock can only come from a panic inside
 /// the crate's own short critical sections, whose state updates are written to be complete
 /// before anything that can panic.
-pub(crate) use sync_prims::{lock, spin, wait};
+pub(crate) use sync_prims::{lock, spin, thread_stripe, wait};
+
+/// A cell shared without a lock under a protocol of the crate's own; under the model checker
+/// it is loom's, which reports any access the protocol failed to order.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// A cell shared without a lock under a protocol of the crate's own (the same methods as
+/// loom's, which replaces it under the model checker).
+#[cfg(not(loom))]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(v: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(v))
+    }
+
+    /// Calls `f` with a pointer for reading.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer for writing.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// A `SeqCst` fence under the model checker, nothing otherwise: loom treats `SeqCst` accesses
+/// as `AcqRel` (its README, "Unsupported features"), too weak for a store-load (Dekker)
+/// argument that rests on the single total order of `SeqCst` operations; a `SeqCst` fence,
+/// which loom does model, restores it there. Put it between the store and the load of each
+/// side of such a pair.
+#[inline(always)]
+pub(crate) fn model_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
