@@ -192,7 +192,7 @@ fn several_invalidators_and_two_faults_never_leave_a_stale_translation() {
         "several_invalidators",
         &[(0x1000, 0x2000), (0x0, 0x3000)],
         2,
-        4,
+        3,
     );
 }
 
@@ -231,7 +231,7 @@ fn insert_during_an_epoch_is_deferred_and_its_first_reader_is_safe() {
 #[cfg_attr(mmn_broken = "skip_gate", should_panic)]
 fn remove_returns_only_after_the_last_callback() {
     // Two invalidations in flight: remove must outwait both.
-    model_capped("remove_after_last_callback", 4, || {
+    model_capped("remove_after_last_callback", 3, || {
         let mm = Mm::new();
         let d = dev();
         let x = mm
@@ -324,7 +324,8 @@ fn the_first_subscription_waits_for_an_invalidation_begun_unsubscribed() {
     any(
         mmn_broken = "skip_gate",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start"
+        mmn_broken = "end_before_start",
+        mmn_broken = "read_begin_relaxed"
     ),
     should_panic
 )]
@@ -334,7 +335,7 @@ fn lock_free_searches_never_race_a_tree_change() {
     // and removes another under the lock and then faults on the new one: the tree is never
     // changed under a search (loom's cell reports it), the new interval's first reader
     // publishes nothing stale, and the epoch ends closed with nothing left deferred.
-    model_capped("lock_free_search_vs_tree_change", 4, || {
+    model_capped("lock_free_search_vs_tree_change", 3, || {
         let mm = Mm::new();
         let gen = Arc::new(AtomicU64::new(0));
         let _x = mm
