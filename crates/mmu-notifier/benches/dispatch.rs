@@ -195,12 +195,9 @@ fn bench_concurrent(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(25)
-}
+#[path = "common/config.rs"]
+mod bench_config;
+use bench_config::config;
 
 criterion_group! {
     name = benches;

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::hint::black_box;
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use mmu_notifier::interval_tree::IntervalTree;
@@ -231,12 +231,9 @@ fn bench_mm(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sample_size(25)
-}
+#[path = "common/config.rs"]
+mod bench_config;
+use bench_config::config;
 
 criterion_group! {
     name = benches;
