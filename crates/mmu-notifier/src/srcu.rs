@@ -655,19 +655,23 @@ mod tests {
     fn stress_no_reader_is_inside_a_version_freed_after_a_grace_period() {
         // Real threads: readers enter and leave as fast as they can (now and then nested, and
         // now and then past their slots), an updater publishes version k + 1, waits for a
-        // grace period and frees version k. A reader must never hold a freed version.
+        // grace period and frees version k, at least 2,000 times and until the readers have
+        // run 10,000 sections. A reader must never hold a freed version.
         for (n, mode) in modes().into_iter().enumerate() {
             let s = Arc::new(Srcu::with_mode(700 + n as u64, mode));
             let current = Arc::new(AtomicU64::new(1));
             let freed = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(StdBool::new(false));
+            let entered = Arc::new(AtomicU64::new(0));
             let readers: Vec<_> = (0..3)
                 .map(|r| {
                     let (s, current, freed, stop) =
                         (s.clone(), current.clone(), freed.clone(), stop.clone());
+                    let entered = entered.clone();
                     std::thread::spawn(move || {
                         let mut sections = 0u64;
                         while !stop.load(Relaxed) {
+                            entered.fetch_add(1, Relaxed);
                             let depth = 1 + (sections as usize + r) % (SLOTS + 2);
                             let tokens: Vec<_> = (0..depth).map(|_| s.read_lock()).collect();
                             let v = current.load(Acquire);
@@ -682,14 +686,21 @@ mod tests {
                     })
                 })
                 .collect();
-            for k in 1..=2_000u64 {
+            // At least 2,000 grace periods, and on for as long as it takes (on a loaded host)
+            // for the readers to have run 10,000 sections among them.
+            let mut k = 0u64;
+            while k < 2_000 || entered.load(Relaxed) < 10_000 {
+                k += 1;
                 current.store(k + 1, SeqCst);
                 s.synchronize();
                 freed.store(k, SeqCst);
             }
             stop.store(true, SeqCst);
             let sections: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-            assert!(sections > 0, "no reader ran ({mode:?})");
+            assert!(
+                sections >= 10_000,
+                "readers ran {sections} sections ({mode:?})"
+            );
         }
     }
 
