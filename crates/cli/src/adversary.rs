@@ -37,7 +37,8 @@ use hostmm::{
 use rustix::mm::{Advice, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::{adversary_brk, adversary_file};
+use crate::adversary_brk;
+use crate::adversary_file::{self, FileChange};
 
 /// One way of changing the address space under the cache.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,7 +552,12 @@ fn mutate(
             let Backing::File(f) = &arena.backing else {
                 bail!("the file patterns run on the memfd arena");
             };
-            f.change(host, cfg.pattern, r, plain)?;
+            let change = match cfg.pattern {
+                Pattern::PunchHole => FileChange::PunchHole,
+                Pattern::Truncate => FileChange::Truncate,
+                _ => FileChange::Remove,
+            };
+            f.change(host, change, r, plain)?;
         }
     }
     if renew_all {

@@ -27,7 +27,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 
-use crate::adversary::{self, Config, Report};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// The environment variable that makes `mmnotify` the brk child; it holds the run's
 /// configuration as JSON.
@@ -114,10 +115,10 @@ impl Drop for Break {
     }
 }
 
-/// Runs `cfg` (the brk pattern) in a child process and returns its report. A hang in the child
-/// (its watchdog printed where every thread is and exited with 3) exits this process with 3
-/// too.
-pub(crate) fn run_in_child(cfg: &Config) -> Result<Report> {
+/// Runs `cfg` (the brk pattern's configuration) in a child process and returns its report. A
+/// hang in the child (its watchdog printed where every thread is and exited with 3) exits this
+/// process with 3 too.
+pub(crate) fn run_in_child<C: Serialize, R: DeserializeOwned>(cfg: &C) -> Result<R> {
     let exe = std::env::current_exe().context("finding this executable to re-run it")?;
     let child = Command::new(exe)
         .env(CHILD_ENV, serde_json::to_string(cfg)?)
@@ -136,12 +137,16 @@ pub(crate) fn run_in_child(cfg: &Config) -> Result<Report> {
     }
 }
 
-/// The child: keeps malloc off the break, checks it, runs the race and prints the report.
-pub(crate) fn child_main(cfg: &OsStr) -> Result<()> {
+/// The child: keeps malloc off the break, checks it, runs the race (`race`, given the
+/// configuration from [`CHILD_ENV`]) and prints the report.
+pub(crate) fn child_main<C: DeserializeOwned, R: Serialize>(
+    cfg: &OsStr,
+    race: impl FnOnce(&C) -> Result<R>,
+) -> Result<()> {
     keep_malloc_off_the_break()?;
-    let cfg: Config = serde_json::from_str(cfg.to_str().unwrap_or_default())
+    let cfg: C = serde_json::from_str(cfg.to_str().unwrap_or_default())
         .with_context(|| format!("{CHILD_ENV} does not hold an adversary configuration"))?;
-    let report = adversary::run_here(&cfg, |_| {})?;
+    let report = race(&cfg)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -11,13 +11,22 @@
 
 use std::os::fd::OwnedFd;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hostmm::{HostMm, VaRange};
 use mmu_notifier::{Event, Range};
 use rustix::fs::{FallocateFlags, MemfdFlags};
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-use crate::adversary::Pattern;
+/// How a file pattern frees the pages of the file behind the cached mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileChange {
+    /// `fallocate(PUNCH_HOLE)` over the range.
+    PunchHole,
+    /// `ftruncate` to the range's start, then back to the file's size.
+    Truncate,
+    /// `madvise(MADV_REMOVE)` through the other mapping.
+    Remove,
+}
 
 /// A memfd of `len` bytes and its two shared mappings.
 pub(crate) struct TwoMappings {
@@ -70,40 +79,40 @@ impl TwoMappings {
         self.cached
     }
 
-    /// Frees the file pages behind `r` (a range of the cached mapping) with `pattern`'s call:
+    /// Frees the file pages behind `r` (a range of the cached mapping) with `change`'s call:
     /// the hole punched, the file truncated at `r`'s start and grown back, or `MADV_REMOVE`
     /// through the other mapping.
     pub(crate) fn change(
         &self,
         host: &HostMm,
-        pattern: Pattern,
+        change: FileChange,
         r: VaRange,
         plain: bool,
     ) -> Result<()> {
         let off = r.start() - self.cached;
-        match (pattern, plain) {
-            (Pattern::PunchHole, false) => host.punch_hole(&self.fd, off, r.len())?,
-            (Pattern::PunchHole, true) => rustix::fs::fallocate(
+        match (change, plain) {
+            (FileChange::PunchHole, false) => host.punch_hole(&self.fd, off, r.len())?,
+            (FileChange::PunchHole, true) => rustix::fs::fallocate(
                 &self.fd,
                 FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
                 off,
                 r.len(),
             )
             .context("fallocate(PUNCH_HOLE)")?,
-            (Pattern::Truncate, false) => {
+            (FileChange::Truncate, false) => {
                 host.truncate(&self.fd, off)?;
                 host.truncate(&self.fd, self.len)?;
             }
-            (Pattern::Truncate, true) => {
+            (FileChange::Truncate, true) => {
                 rustix::fs::ftruncate(&self.fd, off).context("ftruncate")?;
                 rustix::fs::ftruncate(&self.fd, self.len).context("ftruncate")?;
             }
-            (Pattern::Remove, false) => {
+            (FileChange::Remove, false) => {
                 // SAFETY: the other mapping is only ever changed here, under the mutator's
                 // page locks; no reference points into it.
                 unsafe { host.madvise(self.other + off, r.len(), Advice::LinuxRemove) }?
             }
-            (Pattern::Remove, true) => {
+            (FileChange::Remove, true) => {
                 // The wrapper as it was before issue 9: a window over the madvised range only,
                 // none over the other mappings of the file (here: the cached one).
                 let other = VaRange::new(self.other + off, r.len())?;
@@ -122,7 +131,6 @@ impl TwoMappings {
                 }
                 .context("madvise(MADV_REMOVE)")?
             }
-            (p, _) => bail!("{} is not a file pattern", p.name()),
         }
         Ok(())
     }

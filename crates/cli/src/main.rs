@@ -468,7 +468,9 @@ fn bench_all(args: &BenchArgs) -> Result<()> {
 fn main() -> Result<()> {
     // The adversary's brk race re-runs this program as its child (adversary_brk.rs).
     if let Some(cfg) = std::env::var_os(adversary_brk::CHILD_ENV) {
-        return adversary_brk::child_main(&cfg);
+        return adversary_brk::child_main(&cfg, |c: &adversary::Config| {
+            adversary::run_here(c, |_| {})
+        });
     }
     let cli = Cli::parse();
     match cli.command {
