@@ -148,6 +148,12 @@ struct CRegistrar(Arc<Callbacks>);
 impl HostRegistrar for CRegistrar {
     type Registration = CReg;
 
+    /// The C caller says whether its registrations record pages by asking for the pin
+    /// (`mmn_registrar::pin`); without it the cache does not check.
+    fn needs_pin(&self) -> bool {
+        self.0.pin.is_some()
+    }
+
     fn register(&self, range: VaRange) -> Result<CReg, RegistrarError> {
         let cb = &self.0;
         if let Some(p) = &cb.pin {

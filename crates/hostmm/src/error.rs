@@ -133,6 +133,18 @@ pub enum Error {
         #[source]
         source: RegistrarError,
     },
+    /// The registrar depends on the pages ([`Registrar::needs_pin`](crate::Registrar::needs_pin))
+    /// but did not pin the whole range before `register` returned; the registration was
+    /// released.
+    #[error("the registration of [{start:#x}, +{len:#x}) records pages but is not pinned ({unpinned:#x} bytes are not): pin with MlockRegistrar before recording them, or say needs_pin() = false")]
+    Unpinned {
+        /// First byte.
+        start: u64,
+        /// Length.
+        len: u64,
+        /// Bytes of the range no pin covered.
+        unpinned: u64,
+    },
     /// The mmu-notifier core refused an operation.
     #[error("mmu-notifier: {0}")]
     Notifier(#[from] mmu_notifier::Error),

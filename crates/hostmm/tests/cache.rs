@@ -277,6 +277,9 @@ impl Registrar for AlwaysCollides {
         Ok(())
     }
     fn deregister(&self, _r: VaRange, _reg: &()) {}
+    fn needs_pin(&self) -> bool {
+        false // records no pages
+    }
 }
 
 #[test]
@@ -326,6 +329,9 @@ impl Registrar for Versioned {
         Ok(self.0.load(Ordering::SeqCst))
     }
     fn deregister(&self, _r: VaRange, _reg: &u64) {}
+    fn needs_pin(&self) -> bool {
+        false // records no pages
+    }
 }
 
 #[test]
@@ -387,4 +393,69 @@ fn stress_no_hit_predates_a_completed_invalidation() {
     );
     let s = cache.stats();
     assert!(s.invalidations > 0 && s.hits > 0, "{s:?}");
+}
+
+/// Records the pages (here: only counts) with or without hostmm's pin first.
+struct Recording {
+    pin: Option<MlockRegistrar>,
+    live: Arc<AtomicU64>,
+}
+
+impl Registrar for Recording {
+    type Registration = ();
+    fn register(&self, r: VaRange) -> Result<(), RegistrarError> {
+        if let Some(p) = &self.pin {
+            p.register(r)?;
+        }
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn deregister(&self, r: VaRange, _reg: &()) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        if let Some(p) = &self.pin {
+            p.deregister(r, &());
+        }
+    }
+}
+
+#[test]
+fn a_registrar_that_records_pages_without_the_pin_is_refused_and_released() {
+    let host = HostMm::new();
+    let live = Arc::new(AtomicU64::new(0));
+    let unpinned = RegCache::new(
+        &host,
+        Recording {
+            pin: None,
+            live: live.clone(),
+        },
+        CacheConfig::default(),
+    )
+    .unwrap();
+    let m = Mapping::anonymous(2 * page()).unwrap();
+    match unpinned.get(m.addr(), m.len()) {
+        Err(Error::Unpinned {
+            start,
+            len,
+            unpinned,
+        }) => {
+            assert_eq!((start, len, unpinned), (m.addr(), m.len(), m.len()));
+        }
+        other => panic!("expected Unpinned, got {:?}", other.map(|h| h.range())),
+    }
+    assert_eq!(live.load(Ordering::SeqCst), 0, "the refused registration is released");
+    assert_eq!(unpinned.stats().registered, 0);
+
+    // The same registrar with the pin taken first is accepted.
+    let pinned = RegCache::new(
+        &host,
+        Recording {
+            pin: Some(MlockRegistrar::new()),
+            live: live.clone(),
+        },
+        CacheConfig::default(),
+    )
+    .unwrap();
+    let h = pinned.get(m.addr(), m.len()).unwrap();
+    assert!(h.is_valid());
+    assert_eq!(live.load(Ordering::SeqCst), 1);
 }

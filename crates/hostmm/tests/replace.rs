@@ -55,6 +55,9 @@ impl Registrar for ScriptedRef {
     fn deregister(&self, _r: VaRange, _reg: &()) {
         self.0.deregisters.fetch_add(1, Ordering::SeqCst);
     }
+    fn needs_pin(&self) -> bool {
+        false // records no pages
+    }
 }
 
 type Cache = RegCache<ScriptedRef>;

@@ -64,7 +64,7 @@ use mmu_notifier::{Event, Interval, IntervalNotifier, IntervalNotifierOps, Range
 
 use crate::cache::index::{search_back, Index};
 use crate::cache::publish::{self, Published};
-use crate::cache::registrar::Registrar;
+use crate::cache::registrar::{self, Registrar};
 use crate::cache::tally::Tally;
 use crate::error::{Error, Result};
 use crate::primary::host::HostMm;
@@ -545,6 +545,17 @@ impl<R: Registrar> RegCache<R> {
                     len: want.len(),
                     source,
                 })?;
+            if sh.registrar.needs_pin() {
+                let unpinned = registrar::unpinned_bytes(want);
+                if unpinned != 0 {
+                    sh.registrar.deregister(want, &reg);
+                    return Err(Error::Unpinned {
+                        start: want.start(),
+                        len: want.len(),
+                        unpinned,
+                    });
+                }
+            }
             // An unmap whose event was read before this point has released its thread; wait
             // for its invalidation so that `read_retry` below sees it (see `gate`).
             sh.host.gate().wait();

@@ -31,6 +31,18 @@ pub trait Registrar: Send + Sync + 'static {
     fn register(&self, range: VaRange) -> Result<Self::Registration, RegistrarError>;
     /// Releases a registration made by `register`.
     fn deregister(&self, range: VaRange, registration: &Self::Registration);
+    /// Whether a registration depends on the pages behind its range (records frames, holds a
+    /// device pin). Such a registration must be made under hostmm's pin ([`MlockRegistrar`]):
+    /// the cache checks, when `register` returns, that the pin covers the whole range, and
+    /// refuses the registration ([`Error::Unpinned`](crate::Error::Unpinned), after
+    /// deregistering it) if not. Without the pin, `MADV_DONTNEED` and fork + write move
+    /// registered pages with no event from either source.
+    ///
+    /// `true` unless overridden: a registrar that records nothing of the pages (a key, a
+    /// counter, [`NoopRegistrar`]) says `false`.
+    fn needs_pin(&self) -> bool {
+        true
+    }
 }
 
 /// Registers nothing: measures the cache itself.
@@ -43,6 +55,9 @@ impl Registrar for NoopRegistrar {
         Ok(())
     }
     fn deregister(&self, _range: VaRange, _registration: &()) {}
+    fn needs_pin(&self) -> bool {
+        false
+    }
 }
 
 /// Every pin made through hostmm in this process. `mlock` and `MADV_DONTFORK` are per-VMA
@@ -94,6 +109,15 @@ fn pin(range: VaRange) -> Result<(), RegistrarError> {
         }
     }
     Ok(())
+}
+
+/// Bytes of `range` that hostmm's pin (of any registrar in this process) does not cover.
+pub(crate) fn unpinned_bytes(range: VaRange) -> u64 {
+    lock(&PINS)
+        .unheld_within(range)
+        .iter()
+        .map(|r| r.len())
+        .sum()
 }
 
 /// Drops one pin of `range`; clears the flags on bytes no other pin holds.
