@@ -36,7 +36,8 @@
 //!   refused ([`Error::UncoveredMapping`]): their file can free their pages with no event here.
 //! * **bracketed**: only changes made through [`HostMm::munmap`] & co.; for shared files,
 //!   [`HostMm::punch_hole`], [`HostMm::truncate`] and `madvise(MADV_REMOVE)` invalidate every
-//!   mapping of the file range in this process.
+//!   mapping of the file range in this process (also one mapped by another thread during the
+//!   call: the maps are read again before returning).
 //! * **both**: `MADV_DONTNEED` (whose uffd `REMOVE` comes *before* the zap) and fork + write
 //!   are covered by the pin a registrar must take before recording pages
 //!   ([`MlockRegistrar`]: `mlock`, which `madvise_dontneed_free` refuses to zap and which breaks

@@ -442,7 +442,11 @@ fn a_registrar_that_records_pages_without_the_pin_is_refused_and_released() {
         }
         other => panic!("expected Unpinned, got {:?}", other.map(|h| h.range())),
     }
-    assert_eq!(live.load(Ordering::SeqCst), 0, "the refused registration is released");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "the refused registration is released"
+    );
     assert_eq!(unpinned.stats().registered, 0);
 
     // The same registrar with the pin taken first is accepted.

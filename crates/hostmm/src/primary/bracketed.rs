@@ -139,19 +139,19 @@ impl HostMm {
         let call = || unsafe { rustix::mm::madvise(r.as_ptr(), r.len_usize(), advice) };
         let out = if advice == Advice::LinuxRemove {
             // MADV_REMOVE punches the file: every mapping of those file pages loses them.
-            let mut ranges = vec![r];
-            if let Some(((dev, inode), off)) = crate::sys::maps::file_at(r.start())? {
-                ranges.extend(crate::sys::maps::mappings_of_file(
-                    dev,
-                    inode,
-                    off,
-                    off + r.len(),
-                )?);
-            }
-            let guards = self.windows_over(&ranges, Event::Clear)?;
-            let out = call();
-            drop(guards);
-            out
+            let find = || {
+                let mut ranges = vec![r];
+                if let Some(((dev, inode), off)) = crate::sys::maps::file_at(r.start())? {
+                    ranges.extend(crate::sys::maps::mappings_of_file(
+                        dev,
+                        inode,
+                        off,
+                        off + r.len(),
+                    )?);
+                }
+                Ok(ranges)
+            };
+            self.around_file_change(find, Event::Clear, call)?
         } else if advice_invalidates(advice) {
             self.bracket(r, Event::Clear, call)?
         } else {
