@@ -136,15 +136,7 @@ pub(crate) fn acquire(
         if how.spin {
             t.enter_atomic(loc);
         }
-        t.held.push(HeldLock {
-            class: info,
-            instance,
-            read: how.read,
-            trylock: how.trylock,
-            spin: how.spin,
-            loc,
-            prev_chain_key: prev,
-        });
+        t.held.push(held_lock(info, instance, how, loc, prev));
         t.chain_key = key;
         true
     });
@@ -155,6 +147,26 @@ pub(crate) fn acquire(
         },
         Some(false) => acquire_slow(info, instance, how, loc),
         None => Held::untracked(),
+    }
+}
+
+/// The held-stack entry of an acquisition `how` of `instance`, pushed over chain key `prev`.
+#[inline(always)]
+fn held_lock(
+    info: &'static ClassInfo,
+    instance: usize,
+    how: How,
+    loc: &'static Location<'static>,
+    prev: u64,
+) -> HeldLock {
+    HeldLock {
+        class: info,
+        instance,
+        read: how.read,
+        trylock: how.trylock,
+        spin: how.spin,
+        loc,
+        prev_chain_key: prev,
     }
 }
 
@@ -170,15 +182,7 @@ fn acquire_slow(
 ) -> Held {
     let outcome = with_task(|t| {
         let key = chain_hash(t.chain_key, info.id, how.read);
-        let entry = HeldLock {
-            class: info,
-            instance,
-            read: how.read,
-            trylock: how.trylock,
-            spin: how.spin,
-            loc,
-            prev_chain_key: t.chain_key,
-        };
+        let entry = held_lock(info, instance, how, loc, t.chain_key);
         let sleep = if how.sleep && (t.preempt_count > 0 || t.non_block > 0) {
             Some(sleep_report(t, loc))
         } else {
