@@ -314,29 +314,11 @@ impl<V> IntervalTree<V> {
     }
 
     fn alloc_leaf(&mut self, s: Leaf<V>) -> u32 {
-        match self.free_leaves.pop() {
-            Some(i) => {
-                self.leaves[i as usize] = s;
-                i
-            }
-            None => {
-                self.leaves.push(s);
-                (self.leaves.len() - 1) as u32
-            }
-        }
+        alloc_slot(&mut self.leaves, &mut self.free_leaves, s)
     }
 
     fn alloc_inner(&mut self, s: Inner) -> u32 {
-        match self.free_inners.pop() {
-            Some(i) => {
-                self.inners[i as usize] = s;
-                i
-            }
-            None => {
-                self.inners.push(s);
-                (self.inners.len() - 1) as u32
-            }
-        }
+        alloc_slot(&mut self.inners, &mut self.free_inners, s)
     }
 
     /// `(first start, maximum last, first key, slot count)` of node `idx` at `level`
@@ -679,6 +661,20 @@ impl<V> IntervalTree<V> {
             count += c;
         }
         Ok((count, s.first_key(), prev.unwrap_or((0, 0)), s.max_last()))
+    }
+}
+
+/// Puts `s` into a free slot of `arena` (one of `free`'s) or a new one; returns its index.
+fn alloc_slot<T>(arena: &mut Vec<T>, free: &mut Vec<u32>, s: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            arena[i as usize] = s;
+            i
+        }
+        None => {
+            arena.push(s);
+            (arena.len() - 1) as u32
+        }
     }
 }
 
