@@ -5,7 +5,7 @@
 //! `MMN_BROKEN=…`, which rebuilds only this crate (CI uses it, so the variants share the
 //! dependencies already built for the model tests).
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "skip_set_seq",
     "skip_grace_period",
     "end_before_start",
@@ -13,6 +13,7 @@ const VARIANTS: [&str; 7] = [
     "no_reader_barrier",
     "read_begin_relaxed",
     "skip_gate",
+    "lazy_no_close",
 ];
 
 fn main() {

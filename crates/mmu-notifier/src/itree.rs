@@ -19,8 +19,9 @@
 //! * `active_invalidate_ranges` is striped: each thread counts its invalidations in its own
 //!   cache line ([`Stripe`]); the count is the sum. A stripe also counts *pins*: the
 //!   invalidations searching the tree at this moment.
-//! * The sequence lives alone on its line, with one more bit, the **gate**, which only a holder
-//!   of the state lock sets (and clears before unlocking).
+//! * The sequence lives alone on its line, with two more bits: the **gate**, which only a
+//!   holder of the state lock sets (and clears before unlocking), and the close request
+//!   (below).
 //! * The start side increments its stripe (active and pinned), then loads the sequence word. If
 //!   the gate is down, it searches the tree without the lock, makes the sequence odd if it hit
 //!   an interval, and unpins. If the gate is up, it backs out and enters under the lock
@@ -32,11 +33,41 @@
 //!   sees the other: a starter either sees the gate and backs out, or is seen by the gate
 //!   holder, which then neither changes the tree under its search nor closes the epoch it may
 //!   have joined.
-//! * The end side decrements its stripe and loads the sequence word. An even sequence with the
-//!   gate down needs nothing more. Otherwise it sums the stripes: if another invalidation is
-//!   still active, that one's end will do the closing (two enders each decrement, then sum,
-//!   so the last one sees every decrement); else it takes the lock and closes the epoch:
-//!   applies the deferred inserts and removes, makes the sequence even, wakes the waiters.
+//! * The end side decrements its stripe and loads the sequence word. With the gate down and
+//!   no close request (below) it needs nothing more. Otherwise it sums the stripes: if
+//!   another invalidation is still active, that one's end will do the closing (two enders
+//!   each decrement, then sum, so the last one sees every decrement); else it takes the lock
+//!   and closes the epoch: applies the deferred inserts and removes, makes the sequence even,
+//!   wakes the waiters.
+//!
+//! # Lazy closing
+//!
+//! Linux closes the epoch in `mn_itree_inv_end` as soon as `active_invalidate_ranges` drops to
+//! zero, under the lock. Here an epoch whose invalidations have all ended stays open until
+//! somebody needs it closed, and only that somebody pays for the close:
+//!
+//! * a `read_begin` on an interval the epoch hit (its sequence equals the open one): it takes
+//!   the lock, raises the gate and closes the epoch at once if no invalidation is active;
+//! * a remove that must wait for the epoch, or an insert or remove queued behind it;
+//! * a snapshot ([`Itree::snapshot`]), which closes an idle epoch so that it shows what Linux
+//!   would.
+//!
+//! If invalidations are still active, the one who needs the close sets the **close request**
+//! bit of the sequence word (with the gate up, so the argument above covers the enders racing
+//! it), and the last active invalidation's end sees the bit and closes the epoch. So an
+//! invalidation that meets an open epoch joins it without writing the sequence word, and its
+//! end writes nothing but its own stripe: a thread invalidating its own intervals writes no
+//! line that another invalidating thread writes, and one thread alone no longer takes the
+//! lock twice per invalidation. What a reader observes is the same as with Linux: it waits
+//! only if an invalidation hit its interval since the epoch last closed, and no longer than
+//! until every invalidation active at that moment has ended. The sequence values differ
+//! (one epoch spans every invalidation until the next close), which nobody may rely on: the
+//! contract promises only that `read_retry` sees a change. One visible difference: a
+//! `read_begin` *from inside a callback* of this address space, on an interval hit since the
+//! last close, is reported even if the invalidation that hit it has ended (Linux would not
+//! wait then; it would have deadlocked had that invalidation still been running, the case
+//! the report is for). The model variant `mmn_broken = "lazy_no_close"` (an end that ignores
+//! the request) must hang readers and removes in `tests/loom_protocols.rs`, and does.
 //!
 //! The search needs the tree not to change under it, and the pin guarantees that. The hit
 //! intervals are then called without the tree: a hit makes the sequence odd, which freezes the
@@ -83,8 +114,15 @@ pub(crate) trait Node: Send + Sync + 'static {
 /// A node as the tree stores it (two words, so the tree's nodes stay small).
 pub(crate) type Entry = Arc<dyn Node>;
 
-/// The sequence word's gate bit (see the module documentation); the sequence is the rest.
+/// The sequence word's gate bit (see the module documentation).
 const GATE: u64 = 1 << 63;
+/// The sequence word's close-request bit: somebody waits for the open epoch to close (a
+/// `read_begin` on an interval it hit, a remove) or queued a tree change behind it. Set
+/// only while the epoch is open; closing the epoch (a store of the next, even sequence)
+/// clears it.
+const WANT: u64 = 1 << 62;
+/// The sequence itself: the word without its two flag bits.
+const SEQ: u64 = !(GATE | WANT);
 /// A stripe counts active invalidations in its upper half and pins in its lower half.
 const ONE_ACTIVE: u64 = 1 << 32;
 const ONE_PIN: u64 = 1;
@@ -220,6 +258,25 @@ impl Drop for Gated<'_> {
 }
 
 impl Gated<'_> {
+    /// Closes the epoch if it is open and no invalidation is active: applies the deferred
+    /// inserts and removes and makes the sequence even (which clears the close request).
+    fn close_if_idle(&mut self) {
+        if self.seq & 1 == 0 || self.active != 0 {
+            return;
+        }
+        // Nobody active means nobody pinned, and the gate keeps newcomers out.
+        for e in std::mem::take(&mut self.st.deferred) {
+            match self.with_tree(|t| t.remove(e.start(), e.id())) {
+                Some(old) => self.dropped.push(old),
+                None => self.tree_insert(&e),
+            }
+            self.dropped.push(e);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.it.seq.0.store(self.seq | GATE, SeqCst);
+        self.closed = true;
+    }
+
     /// Changes the tree. Only with no pin: the caller saw `active == 0` or waited in
     /// [`Itree::unpinned`].
     fn with_tree<R>(&mut self, f: impl FnOnce(&mut IntervalTree<Entry>) -> R) -> R {
@@ -293,34 +350,35 @@ impl Itree {
     }
 
     /// Takes the state lock and raises the gate; closes an epoch whose invalidations have all
-    /// ended (its last one may be on its way to the lock to close it).
+    /// ended (left open by lazy closing, or its last one on its way to the lock to close it).
     fn gate(&self) -> Gated<'_> {
+        let mut g = self.raise_gate();
+        g.close_if_idle();
+        g
+    }
+
+    /// Takes the state lock and raises the gate, and sums the stripes.
+    fn raise_gate(&self) -> Gated<'_> {
         let st = lock_as(&self.state, ContractLock::Itree);
-        let seq = self.seq.0.fetch_or(GATE, SeqCst) & !GATE;
+        let seq = self.seq.0.fetch_or(GATE, SeqCst) & SEQ;
         model_fence();
         let active = self.counts() >> 32;
-        let mut g = Gated {
+        Gated {
             it: self,
             st,
             seq,
             active,
             closed: false,
             dropped: Dropped::new(),
-        };
-        if seq & 1 == 1 && active == 0 {
-            // Nobody active means nobody pinned, and the gate keeps newcomers out.
-            for e in std::mem::take(&mut g.st.deferred) {
-                match g.with_tree(|t| t.remove(e.start(), e.id())) {
-                    Some(old) => g.dropped.push(old),
-                    None => g.tree_insert(&e),
-                }
-                g.dropped.push(e);
-            }
-            g.seq = seq.wrapping_add(1);
-            self.seq.0.store(g.seq | GATE, SeqCst);
-            g.closed = true;
         }
-        g
+    }
+
+    /// Asks the open epoch to be closed by its last invalidation's end (see "Lazy closing"
+    /// in the module documentation). Called with the gate up, after the caller saw an
+    /// invalidation active: an ender that decremented before the gate went up was counted,
+    /// one that did after sees the gate or this bit, and takes the slow path.
+    fn request_close(&self) {
+        self.seq.0.fetch_or(WANT, SeqCst);
     }
 
     /// With the gate up and invalidations active on an even sequence: waits until no search
@@ -331,7 +389,7 @@ impl Itree {
         loop {
             // Pins first: a search makes the sequence odd before it unpins.
             let pins = self.counts() & PINS;
-            let seq = self.seq.0.load(SeqCst) & !GATE;
+            let seq = self.seq.0.load(SeqCst) & SEQ;
             if pins == 0 || seq & 1 == 1 {
                 return seq;
             }
@@ -373,7 +431,7 @@ impl Itree {
             seq = self.seq.0.fetch_or(1, SeqCst) | 1;
         }
         stripe.fetch_sub(ONE_PIN, SeqCst);
-        seq & !GATE
+        seq & SEQ
     }
 
     /// The start side (`mn_itree_invalidate`): opens this invalidation's share of the epoch
@@ -409,14 +467,16 @@ impl Itree {
         Ok(())
     }
 
-    /// The end side (`mn_itree_inv_end`): the last active invalidation closes the epoch,
-    /// applies the deferred list and wakes waiters.
+    /// The end side (`mn_itree_inv_end`): when the closing of the epoch was requested, the
+    /// last active invalidation closes it, applies the deferred list and wakes the waiters.
+    /// Otherwise the epoch stays open (lazy closing, see the module documentation).
     #[inline]
     pub(crate) fn end(&self) {
         self.stripe().fetch_sub(ONE_ACTIVE, SeqCst);
         model_fence();
         let seq = self.seq.0.load(SeqCst);
-        if seq & (GATE | 1) == 0 {
+        if seq & (GATE | WANT) == 0 || cfg!(mmn_broken = "lazy_no_close") {
+            // Nobody asked for the epoch to close, and no lock holder is busy: leave it.
             return;
         }
         if seq & GATE == 0 && self.counts() >> 32 != 0 {
@@ -469,11 +529,12 @@ impl Itree {
         if seq & 1 == 1 {
             g.st.deferred.push(e.clone());
             e.set_seq(seq);
+            self.request_close();
         } else {
             // Partially excluded: linked now, and the epoch opened so that its first reader
             // waits for the invalidations in flight.
             g.tree_insert(&e);
-            let odd = (self.seq.0.fetch_or(1, SeqCst) & !GATE) | 1;
+            let odd = (self.seq.0.fetch_or(1, SeqCst) & SEQ) | 1;
             e.set_seq(odd);
         }
     }
@@ -498,6 +559,7 @@ impl Itree {
                 if self.tree.0.with(|t| unsafe { &*t }.contains(start, id)) {
                     // Frozen tree: queue the removal and wait for the epoch to end.
                     g.st.deferred.push(me.clone());
+                    self.request_close();
                     wait_seq = Some(seq);
                 } else {
                     // Its insert is still queued: cancel it.
@@ -550,9 +612,9 @@ impl Itree {
     pub(crate) fn read_begin(&self, load: impl FnOnce() -> u64) -> u64 {
         let seq = load();
         #[cfg(not(mmn_broken = "read_begin_relaxed"))]
-        let hit = seq == self.seq.0.load(Acquire) & !GATE;
+        let hit = seq == self.seq.0.load(Acquire) & SEQ;
         #[cfg(mmn_broken = "read_begin_relaxed")]
-        let hit = seq == self.seq.0.load(Relaxed) & !GATE;
+        let hit = seq == self.seq.0.load(Relaxed) & SEQ;
         annotate::invalidate_map_might_lock();
         if hit {
             return self.read_begin_hit(seq);
@@ -579,28 +641,42 @@ impl Itree {
         // The kernel waits with `wait_event`, outside the tree lock; the condition variable
         // releases the lock while waiting, so the validator does not see it held here.
         annotate::might_sleep();
+        {
+            // Close the epoch now if it is idle (lazy closing left it open); else ask its
+            // last invalidation to close it, and count as a waiter before the gate goes down,
+            // so that the closer (under this lock) wakes us.
+            let mut g = self.gate();
+            if g.seq != seq {
+                return;
+            }
+            self.request_close();
+            g.st.waiters += 1;
+        }
         let mut st = lock(&self.state);
         // The waited-for sequence is odd, and an odd sequence changes only under this lock
-        // (when its epoch closes), where waiters register before they sleep: no wake-up can
-        // be missed.
-        if self.seq.0.load(Acquire) & !GATE == seq {
-            st.waiters += 1;
-            while self.seq.0.load(Acquire) & !GATE == seq {
-                st = wait(&self.wq, st);
-            }
-            st.waiters -= 1;
+        // (when its epoch closes): no wake-up can be missed.
+        while self.seq.0.load(Acquire) & SEQ == seq {
+            st = wait(&self.wq, st);
         }
+        st.waiters -= 1;
     }
 
-    /// A snapshot of the state.
+    /// A snapshot of the state. An epoch left open by lazy closing with no invalidation
+    /// active is closed first, so the snapshot shows what Linux would (an even sequence once
+    /// every invalidation has ended), unless tree changes are queued behind it: those must
+    /// have been applied by the last end (a close request was made when they were queued),
+    /// so an idle epoch with a non-empty deferred list is shown as it is, a lost close.
     pub(crate) fn snapshot(&self) -> IntervalState {
-        let st = lock_as(&self.state, ContractLock::Itree);
+        let mut g = self.raise_gate();
+        if g.st.deferred.is_empty() {
+            g.close_if_idle();
+        }
         IntervalState {
-            seq: self.seq.0.load(SeqCst) & !GATE,
-            active: self.counts() >> 32,
+            seq: g.seq,
+            active: g.active,
             // SAFETY: under the lock, only pinned searches (readers) run concurrently.
             intervals: self.tree.0.with(|t| unsafe { &*t }.len()),
-            deferred: st.deferred.len(),
+            deferred: g.st.deferred.len(),
         }
     }
 }
