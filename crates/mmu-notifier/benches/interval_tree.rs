@@ -1,21 +1,26 @@
 //! Benchmarks of the interval index and of interval invalidation, each next to a baseline
 //! measured in the same run.
 //!
-//! * `index_stab/{interval_tree,baseline_btreemap}/n`: one stabbing query (a one-page range)
-//!   into n = 1k, 100k, 1M disjoint one-page intervals (every other page, inserted in random
-//!   order), at a random target from a pre-generated sequence. The baseline is the same
-//!   lookup in the standard library's `BTreeMap` (start → last, `range(..=q).next_back()`):
-//!   the cost of finding one key among n in a well-tuned B-tree, which a stab cannot beat.
+//! * `index_stab/{interval_tree,baseline_btreemap,baseline_sorted_vec}/n`: one stabbing query
+//!   (a one-page range) into n = 1k, 100k, 1M disjoint one-page intervals (every other page,
+//!   inserted in random order), at a random target from a pre-generated sequence. The
+//!   baselines are the same lookup in the standard library's `BTreeMap` (start → last,
+//!   `range(..=q).next_back()`), the cost of finding one key among n in a well-tuned B-tree,
+//!   and a binary search of a sorted `Vec` of `(start, last)` (the `mmnotify bench`
+//!   baseline): neither could answer overlapping intervals, so they are lower bounds.
 //! * `index_insert_remove/{interval_tree,baseline_btreemap}/n`: one insert of a new random
-//!   interval plus one removal of the oldest, the size held at n.
+//!   interval plus one removal of the oldest, the size held at n; the baseline does the
+//!   same with `BTreeMap<(start, key), _>`, the tree's own key.
 //! * `interval_invalidate/{mmu_notifier,baseline_index_stab}/n`: one blockable invalidation
 //!   (start + end) of a one-page range hitting exactly one of n interval notifiers laid out as
 //!   above, the callback doing what a driver must (`set_seq`); the baseline is the bare index
 //!   stab over the same intervals. Target (issue 13): ≤ 500 ns at 1M. The `*_hot` variants
 //!   hit the same (middle) interval every time, so the path stays in cache.
-//! * `interval_insert/{mmu_notifier,baseline_index}/n`: one `Mm::interval_notifier_insert` of
-//!   a one-page interval into an address space holding n, plus the handle's `remove`, against
-//!   the same insert + remove in a bare index. Target: insert ≤ 300 ns at 1M.
+//! * `interval_insert/{mmu_notifier,baseline_index,baseline_btreemap}/n`: one
+//!   `Mm::interval_notifier_insert` of a one-page interval into an address space holding n,
+//!   plus the handle's `remove`, against the same insert + remove in a bare index (the tree's
+//!   share of it) and in a `BTreeMap<(start, key), _>` of the same entries. Target: insert
+//!   ≤ 300 ns at 1M.
 //! * Thread scaling has its own bench, `interval_scaling`.
 //!
 //! Measurement is kept short (the host is small and shared); `--quick` makes it coarser.
@@ -75,6 +80,8 @@ fn bench_index(c: &mut Criterion) {
         let starts = interval_starts(n, &mut rng);
         let tree = index_of(&starts);
         let map: BTreeMap<u64, u64> = starts.iter().map(|&s| (s, s + PAGE - 1)).collect();
+        let mut sorted: Vec<(u64, u64)> = starts.iter().map(|&s| (s, s + PAGE - 1)).collect();
+        sorted.sort_unstable();
         let qs = targets(n, &mut rng);
         eprintln!("n = {n}: index height {}", tree.height());
 
@@ -96,7 +103,16 @@ fn bench_index(c: &mut Criterion) {
                 black_box(map.range(..=last).next_back().filter(|(_, &l)| l >= s))
             });
         });
+        group.bench_with_input(BenchmarkId::new("baseline_sorted_vec", n), &n, |b, _| {
+            let mut i = 0usize;
+            b.iter(|| {
+                let s = black_box(qs[i & (TARGETS - 1)]);
+                i = i.wrapping_add(1);
+                black_box(sorted_vec_stab(&sorted, s))
+            });
+        });
         group.finish();
+        drop(sorted);
 
         let ranges: Vec<u64> = (0..TARGETS)
             .map(|_| (2 * rng.below(n as u64) + 1) * PAGE)
@@ -121,21 +137,53 @@ fn bench_index(c: &mut Criterion) {
                 black_box(tree.remove(os, ok))
             });
         });
-        let mut map = map;
-        let mut live: VecDeque<u64> = starts.iter().copied().collect();
+        drop(map);
+        // Keyed as the tree is: keyed by start alone, the map would shrink to the few
+        // distinct targets as repeated inserts overwrite one another.
+        let mut map = keyed_map(&starts);
+        let mut live: VecDeque<(u64, u64)> = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| (s, k as u64))
+            .collect();
+        let mut key = n as u64;
         group.bench_with_input(BenchmarkId::new("baseline_btreemap", n), &n, |b, _| {
             let mut i = 0usize;
             b.iter(|| {
                 let s = ranges[i & (TARGETS - 1)];
                 i = i.wrapping_add(1);
-                map.insert(black_box(s), s + PAGE - 1);
-                live.push_back(s);
-                let old = live.pop_front().unwrap_or(s);
+                key += 1;
+                map.insert((black_box(s), key), (s + PAGE - 1, s));
+                live.push_back((s, key));
+                let old = live.pop_front().unwrap_or((s, key));
                 black_box(map.remove(&old))
             });
         });
         group.finish();
     }
+}
+
+/// The `mmnotify bench` baseline: the last interval starting at or before the range's end,
+/// and those before it that still reach its start. Returns the sum of their starts.
+#[inline]
+fn sorted_vec_stab(sorted: &[(u64, u64)], s: u64) -> u64 {
+    let last = s + PAGE - 1;
+    let mut i = sorted.partition_point(|&(a, _)| a <= last);
+    let mut sum = 0u64;
+    while i > 0 && sorted[i - 1].1 >= s {
+        sum = sum.wrapping_add(sorted[i - 1].0);
+        i -= 1;
+    }
+    sum
+}
+
+/// The entries of [`index_of`] in a `BTreeMap` under the tree's key, `(start, key)`.
+fn keyed_map(starts: &[u64]) -> BTreeMap<(u64, u64), (u64, u64)> {
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| ((s, k as u64), (s + PAGE - 1, s)))
+        .collect()
 }
 
 /// An address space with an interval notifier on each of `starts`; prints the time per insert.
@@ -221,6 +269,18 @@ fn bench_mm(c: &mut Criterion) {
                 black_box(tree.remove(s, key))
             });
         });
+        let mut map = keyed_map(&starts);
+        group.bench_with_input(BenchmarkId::new("baseline_btreemap", n), &n, |b, _| {
+            let mut i = 0usize;
+            let key = u64::MAX;
+            b.iter(|| {
+                let s = free[i & (TARGETS - 1)];
+                i = i.wrapping_add(1);
+                map.insert((black_box(s), key), (s + PAGE - 1, s));
+                black_box(map.remove(&(s, key)))
+            });
+        });
+        drop(map);
         group.finish();
 
         let state = mm.interval_state().expect("interval mode");
