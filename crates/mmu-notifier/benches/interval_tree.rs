@@ -119,11 +119,7 @@ fn bench_index(c: &mut Criterion) {
             .collect();
         let mut group = c.benchmark_group("index_insert_remove");
         let mut tree = tree;
-        let mut live: VecDeque<(u64, u64)> = starts
-            .iter()
-            .enumerate()
-            .map(|(k, &s)| (s, k as u64))
-            .collect();
+        let mut live = entry_keys(&starts);
         let mut key = n as u64;
         group.bench_with_input(BenchmarkId::new("interval_tree", n), &n, |b, _| {
             let mut i = 0usize;
@@ -141,11 +137,7 @@ fn bench_index(c: &mut Criterion) {
         // Keyed as the tree is: keyed by start alone, the map would shrink to the few
         // distinct targets as repeated inserts overwrite one another.
         let mut map = keyed_map(&starts);
-        let mut live: VecDeque<(u64, u64)> = starts
-            .iter()
-            .enumerate()
-            .map(|(k, &s)| (s, k as u64))
-            .collect();
+        let mut live = entry_keys(&starts);
         let mut key = n as u64;
         group.bench_with_input(BenchmarkId::new("baseline_btreemap", n), &n, |b, _| {
             let mut i = 0usize;
@@ -175,6 +167,15 @@ fn sorted_vec_stab(sorted: &[(u64, u64)], s: u64) -> u64 {
         i -= 1;
     }
     sum
+}
+
+/// The `(start, key)` of the entries of [`index_of`], oldest first.
+fn entry_keys(starts: &[u64]) -> VecDeque<(u64, u64)> {
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| (s, k as u64))
+        .collect()
 }
 
 /// The entries of [`index_of`] in a `BTreeMap` under the tree's key, `(start, key)`.
