@@ -7,24 +7,38 @@
 //! lookup — at the start of a cached range — is one hash probe; any other lookup is a binary
 //! search over the starts, then a walk back bounded by the longest range.
 //!
+//! A range added since the arrays were built goes into a short unsorted tail (at most
+//! [`TAIL`] ranges) that shares the arrays of the index before it, so a miss publishing one
+//! entry copies the tail, not the whole index; the arrays are rebuilt when the tail is full or
+//! a range leaves. A lookup scans the tail only when the arrays have no answer.
+//!
 //! The index holds *pointers* to entries, not references: it says where to look, and the
 //! caller checks each candidate's own validity flag. Keeping every pointer alive is the
 //! writer's rule (see `regcache.rs`): an entry leaves the map only together with a new snapshot
 //! without it, and is retired after that snapshot is published.
 
 use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Most ranges added to an index without rebuilding its arrays.
+pub const TAIL: usize = 16;
 
 const EMPTY: u32 = u32::MAX;
 
-/// A snapshot of `(start, end) → T` for ranges of `u64`.
+/// A snapshot of `(start, end) → T` for ranges of `u64`. The arrays are reference-counted
+/// slices, shared with the index the tail grew from (a hit reads them through one pointer, as
+/// through a `Box`).
 pub struct Index<T> {
-    starts: Box<[u64]>,
-    ends: Box<[u64]>,
-    items: Box<[NonNull<T>]>,
+    starts: Arc<[u64]>,
+    ends: Arc<[u64]>,
+    items: Arc<[NonNull<T>]>,
     /// Position of the first range with a given start, or `EMPTY`; a power of two long.
-    table: Box<[u32]>,
-    /// The longest range's length: no range starting more than this before `end` covers it.
+    table: Arc<[u32]>,
+    /// The longest range's length in the arrays: no range of them starting more than this
+    /// before `end` covers it.
     max_len: u64,
+    /// Ranges added since the arrays were built, unsorted.
+    tail: Box<[(u64, u64, NonNull<T>)]>,
 }
 
 // SAFETY: the index only stores the pointers; whoever dereferences them (`regcache.rs`, under a
@@ -71,17 +85,38 @@ impl<T> Index<T> {
             items: items.into(),
             table: table.into(),
             max_len,
+            tail: Box::new([]),
         }
+    }
+
+    /// This index plus the range `[start, end)` → `item`, sharing the sorted arrays; `None`
+    /// when the tail is full (build a new index then).
+    pub fn with(&self, start: u64, end: u64, item: NonNull<T>) -> Option<Self> {
+        if self.tail.len() >= TAIL {
+            return None;
+        }
+        let mut tail = Vec::with_capacity(self.tail.len() + 1);
+        tail.extend_from_slice(&self.tail);
+        tail.push((start, end, item));
+        Some(Self {
+            starts: self.starts.clone(),
+            ends: self.ends.clone(),
+            items: self.items.clone(),
+            table: self.table.clone(),
+            max_len: self.max_len,
+            tail: tail.into(),
+        })
     }
 
     /// Ranges in the index.
     #[cfg(all(test, not(loom)))]
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.starts.len() + self.tail.len()
     }
 
     /// The first range covering `[start, end)` for which `accept` holds, searched from ranges
-    /// that start exactly at `start`, then backwards from `start`.
+    /// of the arrays that start exactly at `start`, then in the tail, then backwards from
+    /// `start` in the arrays.
     #[inline]
     pub fn covering(
         &self,
@@ -107,6 +142,13 @@ impl<T> Index<T> {
                 break;
             }
             h = (h + 1) & mask;
+        }
+        if let Some(&(_, _, p)) = self
+            .tail
+            .iter()
+            .find(|&&(s, e, p)| s <= start && e >= end && accept(p))
+        {
+            return Some(p);
         }
         // Ranges starting before `start` (or at it, again: harmless).
         search_back(&self.starts, &self.ends, self.max_len, start, end, |i| {
@@ -140,12 +182,18 @@ pub fn search_back(
 mod tests {
     use super::*;
 
-    fn index(ranges: &[(u64, u64)], ids: &[u32]) -> Index<u32> {
+    /// The first `sorted` ranges built into the arrays, the rest added to the tail.
+    fn index(ranges: &[(u64, u64)], ids: &[u32], sorted: usize) -> Index<u32> {
         let items: Vec<NonNull<u32>> = ids.iter().map(NonNull::from).collect();
-        let starts: Vec<u64> = ranges.iter().map(|r| r.0).collect();
-        let ends: Vec<u64> = ranges.iter().map(|r| r.1).collect();
-        let max_len = ranges.iter().map(|r| r.1 - r.0).max().unwrap_or(0);
-        Index::build(&starts, &ends, items, max_len)
+        let (a, b) = ranges.split_at(sorted);
+        let starts: Vec<u64> = a.iter().map(|r| r.0).collect();
+        let ends: Vec<u64> = a.iter().map(|r| r.1).collect();
+        let max_len = a.iter().map(|r| r.1 - r.0).max().unwrap_or(0);
+        let mut idx = Index::build(&starts, &ends, items[..sorted].to_vec(), max_len);
+        for (i, r) in b.iter().enumerate() {
+            idx = idx.with(r.0, r.1, items[sorted + i]).unwrap();
+        }
+        idx
     }
 
     #[test]
@@ -162,27 +210,41 @@ mod tests {
             (41 * p, 42 * p),
         ];
         let ids: Vec<u32> = (0..ranges.len() as u32).collect();
-        let idx = index(&ranges, &ids);
-        assert_eq!(idx.len(), ranges.len());
-        // Every query against a naive model, with every acceptance pattern of "valid" ranges.
-        for valid_mask in 0u32..(1 << ranges.len()) {
-            let ok = |p: NonNull<u32>| valid_mask & (1 << unsafe { *p.as_ptr() }) != 0;
-            for s in 0..44 {
-                for len in 1..6 {
-                    let (qs, qe) = (s * p, (s + len) * p);
-                    let got = idx.covering(qs, qe, ok).map(|p| unsafe { *p.as_ptr() });
-                    let any = ranges
-                        .iter()
-                        .enumerate()
-                        .any(|(i, &(rs, re))| rs <= qs && re >= qe && valid_mask & (1 << i) != 0);
-                    assert_eq!(got.is_some(), any, "[{s}, {}) mask {valid_mask:b}", s + len);
-                    if let Some(i) = got {
-                        let (rs, re) = ranges[i as usize];
-                        assert!(rs <= qs && re >= qe && valid_mask & (1 << i) != 0);
+        // All in the sorted arrays, some in the tail, all in the tail.
+        for sorted in [ranges.len(), 4, 0] {
+            let idx = index(&ranges, &ids, sorted);
+            assert_eq!(idx.len(), ranges.len());
+            // Every query against a naive model, with every acceptance pattern of "valid" ranges.
+            for valid_mask in 0u32..(1 << ranges.len()) {
+                let ok = |p: NonNull<u32>| valid_mask & (1 << unsafe { *p.as_ptr() }) != 0;
+                for s in 0..44 {
+                    for len in 1..6 {
+                        let (qs, qe) = (s * p, (s + len) * p);
+                        let got = idx.covering(qs, qe, ok).map(|p| unsafe { *p.as_ptr() });
+                        let any = ranges.iter().enumerate().any(|(i, &(rs, re))| {
+                            rs <= qs && re >= qe && valid_mask & (1 << i) != 0
+                        });
+                        assert_eq!(got.is_some(), any, "[{s}, {}) mask {valid_mask:b}", s + len);
+                        if let Some(i) = got {
+                            let (rs, re) = ranges[i as usize];
+                            assert!(rs <= qs && re >= qe && valid_mask & (1 << i) != 0);
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_tail_is_bounded() {
+        let x = 0u32;
+        let mut idx: Index<u32> = Index::empty();
+        for i in 0..TAIL as u64 {
+            idx = idx
+                .with(i * 4096, (i + 1) * 4096, NonNull::from(&x))
+                .unwrap();
+        }
+        assert!(idx.with(0, 4096, NonNull::from(&x)).is_none());
     }
 
     #[test]

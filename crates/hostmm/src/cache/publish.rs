@@ -236,6 +236,13 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// This thread's [index](crate::cache::threads::index), looked up when it entered (for
+    /// per-thread structures on the same path: one thread-local access instead of two).
+    #[inline]
+    pub fn thread_index(&self) -> usize {
+        self.slot
+    }
+
     fn new(domain: &'static Domain, slot: usize, outer: bool) -> Self {
         Self {
             domain,

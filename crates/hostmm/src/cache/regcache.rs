@@ -295,6 +295,15 @@ impl<R: Registrar> Map<R> {
         None
     }
 
+    /// The position of the record of exactly `range`.
+    fn position(&self, range: VaRange) -> Option<usize> {
+        let (s, e) = (range.start(), range.end());
+        let at = self.starts.partition_point(|&x| x < s);
+        (at..self.starts.len())
+            .take_while(|&i| self.starts[i] == s)
+            .find(|&i| self.ends[i] == e)
+    }
+
     /// Takes out the records of invalid entries, keeping the order of the rest.
     fn take_dead(&mut self) -> Vec<Rec<R>> {
         let mut dead = Vec::new();
@@ -467,6 +476,7 @@ impl<R: Registrar> RegCache<R> {
                 entry = unsafe { upgrade(p) };
                 entry.is_some()
             })?;
+        let me = guard.thread_index();
         drop(guard);
         let entry = entry?;
         // LRU: the clock moves on misses only, so a steady stream of hits writes nothing here.
@@ -474,8 +484,25 @@ impl<R: Registrar> RegCache<R> {
         if entry.last_used.load(Ordering::Relaxed) != now {
             entry.last_used.store(now, Ordering::Relaxed);
         }
-        sh.counters.hits.add_one();
+        sh.counters.hits.add_one_at(me);
         Some(Handle { entry })
+    }
+
+    /// Publishes the index plus `added`, just inserted into `map` (the arrays shared, the range
+    /// in the index's tail); rebuilds it when the tail is full. Called with the map locked.
+    fn publish_added(&self, map: &MutexGuard<'_, Map<R>>, added: VaRange) {
+        let guard = publish::pin();
+        // Writers hold the map's lock, so this is the index they last published.
+        let cur = self.shared.index.read(&guard);
+        let anchor = map
+            .position(added)
+            .map(|i| map.recs[i].anchor.0)
+            .and_then(|p| cur.with(added.start(), added.end(), p));
+        drop(guard);
+        match anchor {
+            Some(next) => self.shared.index.replace(next),
+            None => self.republish(map, Vec::new()),
+        }
     }
 
     /// Rebuilds the index from `map` and publishes it; then retires `removed` (the anchors of
@@ -608,11 +635,16 @@ impl<R: Registrar> RegCache<R> {
             map.valid_bytes += want.len();
             sh.counters.registered.fetch_add(1, Ordering::Relaxed);
             let evicted = self.evict(&mut map, &entry);
-            let (old, anchor) = match replaced {
-                Some(r) => (Some(r.entry), Some(r.anchor)),
-                None => (None, None),
+            let old = match replaced {
+                Some(r) => {
+                    self.republish(&map, vec![r.anchor]);
+                    Some(r.entry)
+                }
+                None => {
+                    self.publish_added(&map, want);
+                    None
+                }
             };
-            self.republish(&map, anchor.into_iter().collect());
             drop(map);
             if let Some(old) = old {
                 self.finish(&old);

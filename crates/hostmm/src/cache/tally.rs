@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cache::threads::{index, OVERFLOW, THREADS};
+use crate::cache::threads::{OVERFLOW, THREADS};
 
 #[repr(align(128))]
 #[derive(Default)]
@@ -27,9 +27,15 @@ impl Default for Tally {
 
 impl Tally {
     /// Adds one for this thread.
-    #[inline]
+    #[cfg(all(test, not(loom)))]
     pub fn add_one(&self) {
-        let i = index();
+        self.add_one_at(crate::cache::threads::index());
+    }
+
+    /// Adds one for the thread whose [index](crate::cache::threads::index) is `i` — the
+    /// caller's own, looked up already.
+    #[inline]
+    pub fn add_one_at(&self, i: usize) {
         let s = &self.slots[i].0;
         if i == OVERFLOW {
             s.fetch_add(1, Ordering::Relaxed);
