@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hostmm::{
-    page_size, CacheConfig, HostMm, Mapping, MonitorConfig, NoopRegistrar, RegCache, Result,
-    UffdMonitor,
+    page_size, CacheConfig, HostMm, Mapping, MonitorConfig, NoopRegistrar, RegCache, Registrar,
+    Result, UffdMonitor, VaRange,
 };
 
 use crate::sys::{as_ptr, lock, sys};
@@ -450,58 +450,70 @@ pub fn hit_scaling(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
 }
 
 /// Miss + register with a no-op registrar (interval insert, collision check, publish), for the
-/// bracketed source and with uffd watching; against the baseline's insert. µs per miss.
+/// bracketed source and with uffd watching; against the same miss in the baseline cache (a lookup
+/// that misses, the same no-op registrar's `register`, the insert). Each batch fills a fresh
+/// cache with `cfg.slow_ops` one-page ranges; the variants alternate batch by batch, so load
+/// that comes and goes falls on all of them alike. Medians in µs per miss.
 pub fn miss_cost(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     let page = page_size();
     let n = cfg.slow_ops as u64;
-    let mut rows = Vec::new();
-    let base_us = {
-        let mut v = Vec::new();
-        for _ in 0..cfg.batches {
-            let base = MutexCache::default();
-            let t = Instant::now();
-            for i in 0..n {
-                base.insert(i * page, (i + 1) * page);
-            }
-            v.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
-        }
-        median(v)
-    };
-    let run = |monitor: Option<UffdMonitor>, host: &HostMm| -> Result<f64> {
-        let mut v = Vec::new();
-        for _ in 0..cfg.batches {
-            let mem = Mapping::anonymous(n * page)?;
-            let cache = RegCache::new(
-                host,
-                NoopRegistrar,
-                CacheConfig {
-                    monitor: monitor.clone(),
-                    max_entries: cfg.slow_ops * 2,
-                    ..Default::default()
-                },
-            )?;
-            let t = Instant::now();
-            for i in 0..n {
-                cache.get(mem.addr() + i * page, page)?;
-            }
-            v.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
-        }
-        Ok(median(v))
-    };
     let host = HostMm::new();
-    rows.push(BenchRow {
+    let uffd_host = HostMm::new();
+    let monitor = UffdMonitor::start(&uffd_host, MonitorConfig::default()).ok();
+    let ours = |monitor: Option<UffdMonitor>, host: &HostMm| -> Result<f64> {
+        let mem = Mapping::anonymous(n * page)?;
+        let cache = RegCache::new(
+            host,
+            NoopRegistrar,
+            CacheConfig {
+                monitor,
+                max_entries: cfg.slow_ops * 2,
+                ..Default::default()
+            },
+        )?;
+        let t = Instant::now();
+        for i in 0..n {
+            cache.get(mem.addr() + i * page, page)?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    };
+    let theirs = || -> Result<f64> {
+        let base = MutexCache::default();
+        let t = Instant::now();
+        for i in 0..n {
+            let (s, e) = ((i + 1) * page, (i + 2) * page);
+            if base.lookup(s, e).is_none() {
+                let reg = NoopRegistrar.register(VaRange::covering(s, page)?);
+                std::hint::black_box(reg.map_err(|_| hostmm::Error::Config("no-op register"))?);
+                base.insert(s, e);
+            }
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    };
+    let (mut br, mut uf, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cfg.batches * 3 {
+        br.push(ours(None, &host)?);
+        base.push(theirs()?);
+        if let Some(m) = &monitor {
+            uf.push(ours(Some(m.clone()), &uffd_host)?);
+        }
+    }
+    let baseline = (
+        "Mutex<BTreeMap> miss + no-op register + insert".to_string(),
+        median(base),
+    );
+    let mut rows = vec![BenchRow {
         name: "miss + no-op register, bracketed source".into(),
-        value: run(None, &host)?,
+        value: median(br),
         unit: "us",
-        baseline: Some(("Mutex<BTreeMap> insert".into(), base_us)),
-    });
-    let host = HostMm::new();
-    if let Ok(mon) = UffdMonitor::start(&host, MonitorConfig::default()) {
+        baseline: Some(baseline.clone()),
+    }];
+    if !uf.is_empty() {
         rows.push(BenchRow {
             name: "miss + no-op register, uffd source (coarse watch)".into(),
-            value: run(Some(mon), &host)?,
+            value: median(uf),
             unit: "us",
-            baseline: Some(("Mutex<BTreeMap> insert".into(), base_us)),
+            baseline: Some(baseline),
         });
     }
     Ok(rows)

@@ -3,7 +3,7 @@
 //! registrations, and what its hits go through without a lock: the published
 //! [`index`] of ranges, its [`publish`]ing (read-copy-update) and the per-thread [`tally`].
 
-pub(crate) mod index;
+pub mod index;
 pub mod publish;
 pub(crate) mod regcache;
 pub(crate) mod registrar;

@@ -86,6 +86,9 @@ pub mod testing;
 /// The cache's read-copy-update publication, exposed for its model tests only.
 #[cfg(loom)]
 #[doc(hidden)]
+pub use cache::index;
+#[cfg(loom)]
+#[doc(hidden)]
 pub use cache::publish;
 pub use cache::regcache::{CacheConfig, CacheStats, Handle, RegCache};
 pub use cache::registrar::{

@@ -194,3 +194,272 @@ fn a_replaced_value_is_not_freed_under_a_reader() {
 fn cell_id(c: &Published<Tracked>, g: &publish::Guard) -> u64 {
     c.read(g).id
 }
+
+// ---------------------------------------------------------------------------------------------
+// The tail path: a miss publishes the index it last published plus its range (`Index::with`,
+// `regcache.rs` `publish_added`) instead of rebuilding; a removal (a flush of dead entries)
+// rebuilds. With the real `Index` and the real publication cell; the map's records and anchors
+// are modelled as `regcache.rs` keeps them.
+
+use hostmm::index::Index;
+use std::ptr::NonNull;
+
+const PAGE: u64 = 4096;
+
+/// A cache entry as a hit reaches it through the index: its range's start (one page long), its
+/// flags, and whether the map's anchor of it has been dropped (what the grace period delays: in
+/// `regcache.rs` that drop may free the memory the index points to).
+struct Node {
+    start: u64,
+    valid: AtomicBool,
+    published: AtomicBool,
+    freed: AtomicBool,
+}
+
+fn node(start: u64, valid: bool) -> Arc<Node> {
+    Arc::new(Node {
+        start,
+        valid: AtomicBool::new(valid),
+        published: AtomicBool::new(valid),
+        freed: AtomicBool::new(false),
+    })
+}
+
+/// The map's record of a node (`Rec`'s anchor): dropping it is "freeing" the node. The model
+/// keeps every node's memory alive itself, so a reader that reaches a freed node reports it
+/// instead of reading freed memory.
+struct Anchor(Arc<Node>);
+
+impl Drop for Anchor {
+    fn drop(&mut self) {
+        self.0.freed.store(true, Ordering::SeqCst);
+    }
+}
+
+fn ptr(n: &Arc<Node>) -> NonNull<Node> {
+    NonNull::from(&**n)
+}
+
+struct TailCache {
+    /// The writers' lock over the map: anchors sorted by start.
+    map: Mutex<Vec<Anchor>>,
+    index: Published<Index<Node>>,
+    /// The interval's sequence (one for every node of the model: each test unmaps one range).
+    seq: AtomicU64,
+}
+
+/// The full rebuild (`regcache.rs` `republish`): the map's ranges, tail empty.
+fn rebuild(map: &[Anchor]) -> Index<Node> {
+    let starts: Vec<u64> = map.iter().map(|a| a.0.start).collect();
+    let ends: Vec<u64> = starts.iter().map(|s| s + PAGE).collect();
+    Index::build(
+        &starts,
+        &ends,
+        map.iter().map(|a| ptr(&a.0)).collect(),
+        PAGE,
+    )
+}
+
+/// How the tail publication is done: as `regcache.rs` does it, or broken.
+#[derive(Clone, Copy, PartialEq)]
+enum Tail {
+    /// The base index read under the writers' lock (`publish_added`).
+    Sound,
+    /// Broken: the index to extend read (and extended) before taking the writers' lock, so a
+    /// removal published meanwhile is undone by the extension.
+    BaseReadBeforeTheLock,
+}
+
+/// A miss's publish step through the tail (begin sequence `begin`).
+fn add(c: &TailCache, n: &Arc<Node>, begin: u64, how: Tail) {
+    let extend = |c: &TailCache| {
+        let g = publish::pin();
+        c.index.read(&g).with(n.start, n.start + PAGE, ptr(n))
+    };
+    let early = (how == Tail::BaseReadBeforeTheLock).then(|| extend(c));
+    let mut map = c.map.lock().unwrap();
+    if c.seq.load(Ordering::Acquire) != begin {
+        return; // read_retry: collided
+    }
+    n.valid.store(true, Ordering::Release);
+    n.published.store(true, Ordering::Release);
+    let at = map.partition_point(|a| a.0.start < n.start);
+    map.insert(at, Anchor(n.clone()));
+    let next = match early {
+        Some(e) => e,
+        None => extend(c),
+    };
+    match next {
+        Some(next) => c.index.replace(next),
+        None => c.index.replace(rebuild(&map)),
+    }
+}
+
+/// A flush: dead records leave the map, the index is rebuilt without them and published, then
+/// their anchors are retired — all under the writers' lock, as `regcache.rs` does.
+fn flush(c: &TailCache) {
+    let mut map = c.map.lock().unwrap();
+    let (live, dead): (Vec<Anchor>, Vec<Anchor>) = std::mem::take(&mut *map)
+        .into_iter()
+        .partition(|a| a.0.valid.load(Ordering::Acquire));
+    *map = live;
+    c.index.replace(rebuild(&map));
+    publish::retire(dead);
+}
+
+/// The invalidation callback of `n` (under the writers' lock, as `EntryOps::invalidate`).
+fn invalidate_node(c: &TailCache, n: &Node) {
+    let _map = c.map.lock().unwrap();
+    c.seq.store(1, Ordering::Release);
+    if n.published.load(Ordering::Acquire) {
+        n.valid.swap(false, Ordering::AcqRel);
+    }
+}
+
+/// A hit at `start`: the start of the node it accepts. Every node it reaches must not be freed.
+fn hit_at(c: &TailCache, start: u64) -> Option<u64> {
+    let g = publish::pin();
+    let idx = c.index.read(&g);
+    let found = idx.covering(start, start + PAGE, |p| {
+        // SAFETY: the model keeps every node's memory alive (`nodes` in the tests); whether the
+        // protocol would have kept it is the `freed` flag.
+        let n = unsafe { p.as_ref() };
+        assert!(
+            !n.freed.load(Ordering::SeqCst),
+            "a reader reached a node whose anchor was freed"
+        );
+        n.valid.load(Ordering::Acquire)
+    });
+    // SAFETY: as above.
+    found.map(|p| unsafe { p.as_ref() }.start)
+}
+
+/// A cache whose arrays hold `built` (sorted) and whose tail holds `tail`.
+fn tail_cache(built: &[Arc<Node>], tail: &[Arc<Node>]) -> TailCache {
+    let map: Vec<Anchor> = built.iter().map(|n| Anchor(n.clone())).collect();
+    let mut idx = rebuild(&map);
+    let mut map = map;
+    for n in tail {
+        idx = idx.with(n.start, n.start + PAGE, ptr(n)).unwrap();
+        let at = map.partition_point(|a| a.0.start < n.start);
+        map.insert(at, Anchor(n.clone()));
+    }
+    TailCache {
+        map: Mutex::new(map),
+        index: Published::new(idx),
+        seq: AtomicU64::new(0),
+    }
+}
+
+/// A miss adds B through the tail while a flush removes A (dead, in the arrays) and a reader
+/// looks both up: no reader ever reaches A after its anchor is freed, A is never accepted, and
+/// once both writers are done B is found (the flush's rebuild did not lose it, nor the tail
+/// extension the removal).
+fn tail_model(how: Tail) {
+    // Five retirements, each reading every reader slot: more branches than loom's default.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    builder.check(move || {
+        let a = node(PAGE, false); // invalidated earlier, awaiting the flush
+        let b = node(3 * PAGE, false);
+        let nodes = [a.clone(), b.clone()];
+        let cache = Arc::new(tail_cache(std::slice::from_ref(&a), &[]));
+        let (c1, b1) = (cache.clone(), b.clone());
+        let miss = thread::spawn(move || add(&c1, &b1, 0, how));
+        let c2 = cache.clone();
+        let flusher = thread::spawn(move || flush(&c2));
+        assert_eq!(hit_at(&cache, PAGE), None, "a dead entry was accepted");
+        let _ = hit_at(&cache, 3 * PAGE);
+        miss.join().unwrap();
+        flusher.join().unwrap();
+        // Any retirement runs the reclaim (every time under loom): what was retired is freed
+        // now that no reader is inside, and no published index may still lead to it.
+        publish::retire(());
+        assert_eq!(hit_at(&cache, PAGE), None, "a dead entry was accepted");
+        assert_eq!(
+            hit_at(&cache, 3 * PAGE),
+            Some(3 * PAGE),
+            "a published entry was lost"
+        );
+        drop(nodes);
+    });
+}
+
+#[test]
+fn the_tail_never_leads_a_reader_to_a_freed_entry_nor_loses_one() {
+    tail_model(Tail::Sound);
+}
+
+#[test]
+#[should_panic(expected = "whose anchor was freed")]
+fn extending_an_index_read_before_the_lock_leads_readers_to_freed_entries() {
+    tail_model(Tail::BaseReadBeforeTheLock);
+}
+
+/// An entry in the tail is unmapped: a lookup that starts after the unmap returned never
+/// accepts it, whether the miss put it in the tail before or after the invalidation, and it is
+/// never valid at the end. Another entry sits in the tail already, so the extension copies a
+/// tail.
+fn tail_unmap_model(uffd: bool) {
+    loom::model(move || {
+        let gate = PendingGate::new();
+        let opener = gate.opener().unwrap();
+        let a = node(PAGE, true);
+        let t = node(5 * PAGE, true);
+        let b = node(3 * PAGE, false);
+        let nodes = [a.clone(), t.clone(), b.clone()];
+        let cache = Arc::new(tail_cache(
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&t),
+        ));
+        let released = Arc::new(AtomicBool::new(false));
+        // The miss took read_begin before the unmap started.
+        let begin = cache.seq.load(Ordering::Acquire);
+        let (c1, b1) = (cache.clone(), b.clone());
+        let miss = thread::spawn(move || add(&c1, &b1, begin, Tail::Sound));
+        let (c2, r2, b2) = (cache.clone(), released.clone(), b.clone());
+        let unmap = thread::spawn(move || {
+            if uffd {
+                let w = opener.open();
+                r2.store(true, Ordering::Release); // read(): munmap returns
+                invalidate_node(&c2, &b2);
+                drop(w);
+            } else {
+                invalidate_node(&c2, &b2);
+                r2.store(true, Ordering::Release); // the wrapper returns
+            }
+        });
+        while !released.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        gate.wait();
+        assert_eq!(
+            hit_at(&cache, 3 * PAGE),
+            None,
+            "a lookup after the unmap returned hit a stale tail entry"
+        );
+        miss.join().unwrap();
+        unmap.join().unwrap();
+        assert!(
+            !b.valid.load(Ordering::Acquire),
+            "a tail entry stayed valid"
+        );
+        assert_eq!(
+            hit_at(&cache, 5 * PAGE),
+            Some(5 * PAGE),
+            "the tail lost an entry"
+        );
+        assert_eq!(hit_at(&cache, PAGE), Some(PAGE), "the arrays lost an entry");
+        drop(nodes);
+    });
+}
+
+#[test]
+fn uffd_a_lookup_after_munmap_never_hits_an_entry_published_in_the_tail() {
+    tail_unmap_model(true);
+}
+
+#[test]
+fn bracketed_a_lookup_after_the_call_never_hits_an_entry_published_in_the_tail() {
+    tail_unmap_model(false);
+}

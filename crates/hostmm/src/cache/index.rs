@@ -1,5 +1,5 @@
-//! The lookup index a cache hit searches: an immutable snapshot of the cache's ranges, rebuilt
-//! by a writer on every change of the set of entries and [published](crate::cache::publish) for
+//! The lookup index a cache hit searches: an immutable snapshot of the cache's ranges, built by
+//! a writer when the set of entries changes and [published](crate::cache::publish) for
 //! lock-free readers.
 //!
 //! Ranges are kept sorted by `(start, end)` in flat arrays (one cache line holds eight starts),
@@ -8,14 +8,42 @@
 //! search over the starts, then a walk back bounded by the longest range.
 //!
 //! A range added since the arrays were built goes into a short unsorted tail (at most
-//! [`TAIL`] ranges) that shares the arrays of the index before it, so a miss publishing one
-//! entry copies the tail, not the whole index; the arrays are rebuilt when the tail is full or
-//! a range leaves. A lookup scans the tail only when the arrays have no answer.
+//! [`TAIL`] ranges) that shares the arrays of the index before it ([`Index::with`]), so a miss
+//! publishing one entry copies the tail, not the whole index; the arrays are rebuilt when the
+//! tail is full or a range leaves. A lookup scans the tail only when the arrays' hash probe has
+//! no answer, before the sorted search.
 //!
 //! The index holds *pointers* to entries, not references: it says where to look, and the
 //! caller checks each candidate's own validity flag. Keeping every pointer alive is the
 //! writer's rule (see `regcache.rs`): an entry leaves the map only together with a new snapshot
 //! without it, and is retired after that snapshot is published.
+//!
+//! # Why the tail is sound
+//!
+//! * **No invalidation lives in the index.** Whether a hit may accept an entry is decided by
+//!   the entry's own flag, cleared by the invalidation under the writers' lock before the
+//!   invalidating call returns (or, under uffd, before its pending window closes), and loaded
+//!   with acquire by every hit after the gate. A range in the tail is checked exactly like one
+//!   in the arrays, so no snapshot — with or without a tail, current or one change old — can
+//!   make a hit accept an invalidated entry, or miss the invalidation of a tail entry: there is
+//!   nothing in the snapshot for it to miss.
+//! * **Every pointer stays allocated.** A snapshot with a tail is derived from the snapshot
+//!   published *last*, read by the writer under the writers' lock, which every publication
+//!   holds; so its pointers are the map's anchors at that moment. A range leaves the map only
+//!   in a critical section that publishes a *rebuilt* snapshot (no tail) and then retires the
+//!   anchor, so no snapshot published later points to it, and one published earlier is
+//!   protected by the grace period (the anchor is stamped after the swap). Extending a snapshot
+//!   read *before* the lock would resurrect a removed pointer: `tests/loom_publish.rs`
+//!   (`extending_an_index_read_before_the_lock_leads_readers_to_freed_entries`) shows the model
+//!   catching that.
+//! * **Publication order is the rebuild's.** The tail is extended after `read_retry` under the
+//!   writers' lock, with the entry's flags set before the swap (release), exactly where the
+//!   full rebuild used to be published; the pending window and the sequence check see nothing
+//!   different.
+//! * **No ABA.** Snapshots are immutable once published and writers swap unconditionally under
+//!   the lock: nothing compares pointers, so a reused address cannot be mistaken for an old
+//!   one. The arrays a tail shares are `Arc` slices, freed with the last snapshot that holds
+//!   them, itself freed only after its grace period.
 
 use std::ptr::NonNull;
 use std::sync::Arc;

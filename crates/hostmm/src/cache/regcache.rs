@@ -35,8 +35,10 @@
 //!
 //! Writers — a miss publishing, an invalidation callback, an eviction, a flush — serialize on
 //! one mutex over the authoritative map. Only a change of the *set* of entries (publish, flush)
-//! rebuilds and republishes the index (`O(entries)` per miss); an invalidation or eviction only
-//! clears the entry's validity flag, which every hit checks. A hit may read an index one change
+//! republishes the index: a miss that adds a range publishes the last index plus that range in
+//! its short tail (`O(tail)`; the arrays are rebuilt, `O(entries)`, once the tail is full),
+//! a removal rebuilds it (see [`index`](crate::cache::index) for why the tail is sound); an
+//! invalidation or eviction only clears the entry's validity flag, which every hit checks. A hit may read an index one change
 //! old: it then misses an entry just published (and the miss path finds it under the lock) or
 //! finds an entry already removed, whose flag is clear. The argument for the promise:
 //! an invalidation clears the flag (release) before the invalidating call returns or, under
@@ -492,7 +494,9 @@ impl<R: Registrar> RegCache<R> {
     /// in the index's tail); rebuilds it when the tail is full. Called with the map locked.
     fn publish_added(&self, map: &MutexGuard<'_, Map<R>>, added: VaRange) {
         let guard = publish::pin();
-        // Writers hold the map's lock, so this is the index they last published.
+        // Every publication holds the map's lock, so this is the index published last: its
+        // pointers are anchors still in the map (none was removed without a rebuild since).
+        // Reading it before the lock would not be sound (see `index.rs`).
         let cur = self.shared.index.read(&guard);
         let anchor = map
             .position(added)
