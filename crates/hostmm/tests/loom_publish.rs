@@ -19,7 +19,7 @@
 //! memory is valid. Without the gate wait the model finds a stale hit (the `should_panic` test).
 #![cfg(loom)]
 
-use hostmm::gate::PendingGate;
+use hostmm::gate::{Opener, PendingGate};
 use hostmm::publish::{self, Published};
 use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::sync::{Arc, Mutex};
@@ -72,6 +72,28 @@ fn hit(c: &Cache) -> bool {
         .any(|e| e.valid.load(Ordering::Acquire))
 }
 
+/// The unmapping thread: under uffd the monitor opens the pending window, its `read()` lets
+/// `munmap` return (`released`), then the callback runs and the window closes; bracketed, the
+/// callback runs, then the wrapper returns.
+fn spawn_unmap(
+    uffd: bool,
+    opener: Opener,
+    released: Arc<AtomicBool>,
+    invalidate: impl FnOnce() + Send + 'static,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        if uffd {
+            let w = opener.open();
+            released.store(true, Ordering::Release);
+            invalidate();
+            drop(w);
+        } else {
+            invalidate();
+            released.store(true, Ordering::Release);
+        }
+    })
+}
+
 fn model(uffd: bool, gate_wait: bool) {
     loom::model(move || {
         let gate = PendingGate::new();
@@ -92,18 +114,8 @@ fn model(uffd: bool, gate_wait: bool) {
         let (c2, e2) = (cache.clone(), entry.clone());
         let miss = thread::spawn(move || publish_miss(&c2, &e2, begin));
 
-        let (c3, r3, e3) = (cache.clone(), released.clone(), entry.clone());
-        let unmap = thread::spawn(move || {
-            if uffd {
-                let w = opener.open();
-                r3.store(true, Ordering::Release); // read(): munmap returns
-                invalidate(&c3, &e3);
-                drop(w);
-            } else {
-                invalidate(&c3, &e3);
-                r3.store(true, Ordering::Release); // the wrapper returns
-            }
-        });
+        let (c3, e3) = (cache.clone(), entry.clone());
+        let unmap = spawn_unmap(uffd, opener, released.clone(), move || invalidate(&c3, &e3));
 
         // The unmapping thread's next lookup.
         while !released.load(Ordering::Acquire) {
@@ -417,17 +429,9 @@ fn tail_unmap_model(uffd: bool) {
         let begin = cache.seq.load(Ordering::Acquire);
         let (c1, b1) = (cache.clone(), b.clone());
         let miss = thread::spawn(move || add(&c1, &b1, begin, Tail::Sound));
-        let (c2, r2, b2) = (cache.clone(), released.clone(), b.clone());
-        let unmap = thread::spawn(move || {
-            if uffd {
-                let w = opener.open();
-                r2.store(true, Ordering::Release); // read(): munmap returns
-                invalidate_node(&c2, &b2);
-                drop(w);
-            } else {
-                invalidate_node(&c2, &b2);
-                r2.store(true, Ordering::Release); // the wrapper returns
-            }
+        let (c2, b2) = (cache.clone(), b.clone());
+        let unmap = spawn_unmap(uffd, opener, released.clone(), move || {
+            invalidate_node(&c2, &b2)
         });
         while !released.load(Ordering::Acquire) {
             thread::yield_now();
