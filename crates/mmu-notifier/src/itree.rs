@@ -58,20 +58,31 @@
 //! invalidation that meets an open epoch joins it without writing the sequence word, and its
 //! end writes nothing but its own stripe: a thread invalidating its own intervals writes no
 //! line that another invalidating thread writes, and one thread alone no longer takes the
-//! lock twice per invalidation. What a reader observes is the same as with Linux: it waits
-//! only if an invalidation hit its interval since the epoch last closed, and no longer than
-//! until every invalidation active at that moment has ended. The sequence values differ
-//! (one epoch spans every invalidation until the next close), which nobody may rely on: the
-//! contract promises only that `read_retry` sees a change. One visible difference: a
+//! lock twice per invalidation.
+//!
+//! What a reader may observe differs from Linux in one way, and only towards more waiting:
+//! a `read_begin` on an interval hit since the epoch last closed waits (as in Linux) only if
+//! that hit's epoch is still open, but the epoch now stays open until *every* invalidation
+//! active at the reader's close request has ended, including invalidations that began after
+//! the hitting one had ended and did not hit this interval (Linux would have closed the epoch
+//! in between, and such an invalidation would have opened a new one or, hitting nothing, none).
+//! When nothing is active, the reader closes the epoch itself and does not wait at all. The
+//! sequence values differ too (one epoch spans every invalidation until the next close), which
+//! nobody may rely on: the contract promises only that `read_retry` sees a change. And a
 //! `read_begin` *from inside a callback* of this address space, on an interval hit since the
-//! last close, is reported even if the invalidation that hit it has ended (Linux would not
-//! wait then; it would have deadlocked had that invalidation still been running, the case
-//! the report is for). The model variant `mmn_broken = "lazy_no_close"` (an end that ignores
-//! the request) must hang readers and removes in `tests/loom_protocols.rs`, and does.
+//! last close, is reported (`CalledFromCallback`) even if the invalidation that hit it has
+//! ended; Linux would not wait then, though it would have deadlocked had that invalidation
+//! still been running, the case the report is for. Waiting longer is never unsafe: the
+//! staleness argument (the reader sees the primary's change made before the close) is the
+//! same as for an eager close. Keeping Linux's exact waits while scaling needs an epoch per
+//! stripe with cross-stripe joins when two threads hit the same interval (not done). The
+//! model variant `mmn_broken = "lazy_no_close"` (an end that ignores the close request)
+//! must hang readers and removes in `tests/loom_protocols.rs`, and does.
 //!
 //! The search needs the tree not to change under it, and the pin guarantees that. The hit
 //! intervals are then called without the tree: a hit makes the sequence odd, which freezes the
-//! tree (changes are deferred) until the last active invalidation ends, so the hit intervals
+//! tree (changes are deferred) until the epoch closes, which needs every invalidation to have
+//! ended, so the hit intervals
 //! stay linked (and alive) until this invalidation's own end. The model
 //! `tests/loom_protocols.rs` checks the protocol (loom's cell reports a tree change racing a
 //! search), and the real-thread stress in `tests/stress.rs` runs it. Loom models `SeqCst`
