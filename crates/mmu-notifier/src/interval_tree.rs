@@ -127,11 +127,14 @@ impl<T, const N: usize> Slots<T, N> {
     /// a second memory round trip on a node that missed the cache.
     #[inline(always)]
     fn prefetch_items(&self) {
-        let base = self.item.as_ptr().cast::<u8>();
-        let bytes = core::mem::size_of_val(&self.item);
-        for off in (0..bytes).step_by(64) {
-            prefetch(base.wrapping_add(off));
-        }
+        prefetch_lines(self.item.as_ptr().cast(), core::mem::size_of_val(&self.item));
+    }
+
+    /// Asks the CPU to fetch the whole node: an insert or remove shifts every array of the
+    /// leaf it changes, and would otherwise discover the lines one after the other.
+    #[inline(always)]
+    fn prefetch_all(&self) {
+        prefetch_lines((self as *const Self).cast(), core::mem::size_of::<Self>());
     }
 
     /// The first slot whose `(start, key)` is not below `(start, key)`: `Ok` if equal. Reads
@@ -250,18 +253,22 @@ impl<T, const N: usize> Slots<T, N> {
     }
 }
 
-/// A hint to fetch the cache line holding `p` (nothing on targets without one).
+/// A hint to fetch the cache lines of `[p, p + len)` (nothing on targets without one).
 #[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that never faults and has no visible effect, whatever
-    // the address (the SSE intrinsic is always available on x86_64).
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+fn prefetch_lines(p: *const u8, len: usize) {
+    for off in (0..len).step_by(64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults and has no visible effect, whatever
+        // the address (the SSE intrinsic is always available on x86_64).
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(off).cast(),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p.wrapping_add(off);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// The size of a transparent huge page on x86_64 and most aarch64 kernels.
@@ -542,6 +549,7 @@ impl<V> IntervalTree<V> {
         let mut node = self.root;
         for (step, level) in path.iter_mut().zip((0..self.depth).rev()) {
             let s = &self.inners[level][node];
+            s.prefetch_items();
             let i = s.child_for(start, key);
             *step = (node, i);
             node = s.item[i]?;
@@ -560,6 +568,7 @@ impl<V> IntervalTree<V> {
             return Err(value);
         };
         let leaf = &mut self.leaves[leaf_id];
+        leaf.prefetch_all();
         let i = match leaf.search(start, key) {
             Ok(_) => return Err(value),
             Err(i) => i,
@@ -609,6 +618,7 @@ impl<V> IntervalTree<V> {
         let mut path = [(NodeId::UNSET, 0); MAX_DEPTH];
         let leaf_id = self.descend(start, key, &mut path)?;
         let leaf = &mut self.leaves[leaf_id];
+        leaf.prefetch_all();
         let i = leaf.search(start, key).ok()?;
         let (_, last, _, value) = leaf.remove_at(i)?;
         let mut fill = (leaf.len(), Leaf::<V>::MIN_FILL);
@@ -685,6 +695,7 @@ impl<V> IntervalTree<V> {
         let mut node = self.root;
         for level in (0..self.depth).rev() {
             let s = &self.inners[level][node];
+            s.prefetch_items();
             node = s.item[s.child_for(start, key)]?;
         }
         let i = self.leaves[node].search(start, key).ok()?;
