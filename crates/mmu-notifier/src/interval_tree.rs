@@ -142,8 +142,19 @@ impl<T, const N: usize> Slots<T, N> {
     #[inline]
     fn search(&self, start: u64, key: u64) -> Result<usize, usize> {
         let n = self.len();
-        // Unused slots hold `u64::MAX`, never below `start`: the count is at most `n`.
-        let mut i: usize = self.start.iter().map(|&s| usize::from(s < start)).sum();
+        // The slots below `start`, by a binary search without branches (the steps select,
+        // so a random target costs no mispredictions). Unused slots hold `u64::MAX`, never
+        // below `start`: the count is at most `n`.
+        let mut base = 0;
+        let mut size = N;
+        while size > 1 {
+            let half = size / 2;
+            if self.start[base + half] < start {
+                base += half;
+            }
+            size -= half;
+        }
+        let mut i = base + usize::from(self.start[base] < start);
         while i < n && self.start[i] == start {
             if self.key[i] >= key {
                 return if self.key[i] == key { Ok(i) } else { Err(i) };
