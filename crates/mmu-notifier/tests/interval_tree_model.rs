@@ -238,3 +238,32 @@ fn large_churn_matches_model() {
     }
     run(ops).unwrap();
 }
+
+/// Ordered runs: ascending and descending inserts split nodes off centre (the new slot past
+/// the end or before the start of a full node), at every level of a four-level tree, with
+/// queries, removals and further inserts into the gaps checked against the model.
+#[test]
+fn ordered_runs_match_model() {
+    let n = 3000u64;
+    let mut ops = Vec::new();
+    // Ascending from the middle up, descending from the middle down: both ends grow.
+    for i in 0..n {
+        ops.push(Op::Insert(4 * (n + i), 4 * (n + i) + 2, i % 3));
+        ops.push(Op::Insert(4 * (n - 1 - i), 4 * (n - 1 - i) + 5, i % 3));
+        if i % 97 == 0 {
+            ops.push(Op::Query(4 * i, 4 * i + 8));
+            ops.push(Op::QueryToMax(4 * (2 * n - i)));
+        }
+    }
+    // Fill gaps (inserts in the middle of nodes), then remove a stride.
+    for i in (0..2 * n).step_by(5) {
+        ops.push(Op::Insert(4 * i + 1, 4 * i + 1, 7));
+    }
+    for i in 0..n as usize {
+        ops.push(Op::Remove(i * 7919));
+        if i % 101 == 0 {
+            ops.push(Op::Query(4 * i as u64, 4 * i as u64 + 64));
+        }
+    }
+    run(ops).unwrap();
+}
