@@ -16,35 +16,52 @@
 //! * Every node stores, per slot, the `start` and `key` (for an inner node: those of the
 //!   child's first entry) and the `last` (for an inner node: the maximum `last` of the
 //!   child's subtree, as `__subtree_last` in Linux's `interval_tree_generic.h`), each in its
-//!   own array, and the items (values, or child ids). A query reads only `start`, `last`
-//!   and the items it takes: it scans `start` until it passes the range's end and descends
-//!   only into children whose maximum reaches the range's start. `key` is read only among
-//!   equal starts (by insert, remove and lookups), and unused slots hold `start ==
-//!   u64::MAX`, `last == 0`, so a scan needs no slot count either: both lie on lines a
-//!   query does not touch.
-//! * Per node, the query asks the CPU for the item lines before scanning (a software
-//!   prefetch): on a node that missed the cache, the child or value it then takes has
-//!   arrived with the keys instead of costing a second round trip.
+//!   own array, and the items (values, or four-byte child ids). A query reads only `start`,
+//!   `last` and the items it takes: it scans `start` until it passes the range's end and
+//!   descends only into children whose maximum reaches the range's start. `key` is read only
+//!   among equal starts (by insert, remove and lookups), and unused slots hold `start ==
+//!   u64::MAX`, `last == 0`, so a scan needs no slot count either: both lie on lines a query
+//!   does not touch.
+//! * Per node, a query asks the CPU for the item lines before scanning (a software
+//!   prefetch), and insert and remove for the whole leaf they change: on a node that missed
+//!   the cache, the child or value taken next arrives with the keys instead of costing a
+//!   second round trip.
+//! * Insert, remove and lookups find their slot by a binary search over the 16 starts whose
+//!   steps select instead of branching (a random key costs no misprediction); the query
+//!   keeps a forward scan, which stops at the first start past the range.
 //! * The nodes live in arenas (one vector per level, addressed by four-byte ids; freed
 //!   nodes are reused). A level's nodes lie together, so the upper levels of a large tree
 //!   occupy a few pages instead of being scattered among the leaves; past 2 MiB an arena's
 //!   buffer is advised to transparent huge pages (`madvise(MADV_HUGEPAGE)`) before it is
 //!   filled, which removes most of the TLB misses of a random descent (on the 2-core VM the
-//!   benchmarks ran on, a random load from 64 MiB costs about 300 ns with 4 KiB pages and
-//!   180 ns with huge pages).
+//!   benchmarks ran on, a dependent random load from 64 MiB costs about 300 ns with 4 KiB
+//!   pages and 180 ns with huge pages; from 4 MiB, 61 and 37 ns).
+//! * A full node splits in half, or off centre when the new slot goes past either end, so
+//!   ordered inserts leave nodes three-quarters full (see `insert_splitting`).
 //! * Leaves hold the values; nothing is shared: the tree is `Send`/`Sync` exactly when `V`
 //!   is.
 //!
 //! Queries recurse at most once per level (the height is at most 17 even for `2^32` entries,
 //! since every node but the root holds at least a quarter of its fan-out).
 //!
-//! Measured (2026-12-01, 2-core VM under load, 1M disjoint one-page intervals inserted in
-//! random order, random targets; `cargo bench -p mmu-notifier --bench interval_tree --
-//! 'index_stab/.*/1000000'`): a stab 221 ns against the standard `BTreeMap` finding one key
-//! 225 ns and a binary search of a sorted `Vec` 150 ns in the same run. Against the previous
-//! layout of this tree (one arena for all inner levels, 4 KiB pages, `key` and `len` among
-//! the hot lines, no prefetch), timed side by side in one process over the same targets:
-//! 292 ns against 589 ns (0.50×); insert + remove 742 ns against 736 ns.
+//! # Measured
+//!
+//! 2026-12-01 on the shared 2-core VM (load average 3–4), 1M disjoint one-page intervals
+//! inserted in random order, random targets, medians. `cargo bench -p mmu-notifier --bench
+//! interval_tree` (one run, 20:38 UTC): a stab 291 ns against the standard `BTreeMap`
+//! finding one key 284 ns and a binary search of a sorted `Vec` 176 ns; insert + remove of a
+//! free page 483 ns against `BTreeMap<(start, key), _>` 704 ns (0.69×). The previous layout
+//! of this tree (one arena for all inner levels, 4 KiB pages, `key` and `len` on the query's
+//! lines, no prefetch, linear in-node search, splits in half), compiled side by side in one
+//! process: a stab with targets that never repeat 289 ns against 562 ns (0.51×; the sorted
+//! `Vec` 274 ns in the same run; medians of 15 rounds); in another run, insert + remove of
+//! a free page 540 ns against 706 ns and a lone insert 410 ns against 514 ns (minima over 21
+//! rounds; the medians moved by ±30 % with the load).
+//!
+//! Tried and dropped (same harness): a branchless scan of all 16 slots of a node into a bit
+//! mask (no mispredicted loop exit, but about 130 instructions per level: 96 ns against
+//! 30 ns for an in-cache stab at 1M, and no faster at random); fan-outs 24 and 32 for
+//! leaves or inner nodes (within the noise of 16 / 16).
 //!
 //! # Complexity
 //!
