@@ -7,6 +7,7 @@
 //! `mmnotify bench` switches the validator off at run time, so these figures include the
 //! switched-off annotations' checks, which `cargo bench -p mmu-notifier` (no feature) does not.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,6 +149,25 @@ pub fn read_side(cfg: &BenchConfig) -> Result<BenchRow> {
 
 // ------------------------------------------------------------------- many intervals
 
+/// `0..n` in a random order (deterministic): the order the intervals are inserted in.
+fn shuffled(n: usize) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..n as u64).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (splitmix(i as u64) % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Inserts `starts` into the baseline map of [`ManyIntervals::insert`] under fresh ids, each
+/// with an allocation; ns per insert.
+fn map_insert(map: &mut BTreeMap<(u64, u64), Arc<u64>>, starts: &[u64]) -> f64 {
+    let t = Instant::now();
+    for (i, &s) in starts.iter().enumerate() {
+        map.insert((black_box(s), u64::MAX - i as u64), Arc::new(s + PAGE - 1));
+    }
+    t.elapsed().as_nanos() as f64 / starts.len().max(1) as f64
+}
+
 /// An address space with `n` disjoint one-page interval notifiers on every other page
 /// (inserted in a random order), and the same intervals as a sorted `Vec` of `(start, last)`.
 pub struct ManyIntervals {
@@ -160,12 +180,8 @@ pub struct ManyIntervals {
 impl ManyIntervals {
     /// Builds it (seconds at a million intervals).
     pub fn new(n: usize) -> Result<ManyIntervals> {
-        let mut order: Vec<u64> = (0..n as u64).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, (splitmix(i as u64) % (i as u64 + 1)) as usize);
-        }
         let mm = Mm::new();
-        let ivs = order
+        let ivs = shuffled(n)
             .iter()
             .map(|&k| mm.interval_notifier_insert(2 * k * PAGE, PAGE, SetSeq))
             .collect::<Result<Vec<_>>>()?;
@@ -229,10 +245,18 @@ impl ManyIntervals {
     }
 
     /// `interval_notifier_insert` of one-page intervals into the free pages between the `n`
-    /// (random order), timed per insert; removed again untimed. ns.
+    /// (random order), timed per insert; removed again untimed. The baseline inserts the same
+    /// intervals, in the same batch and in alternating order, into a `BTreeMap` holding the
+    /// `n` under the index's own key, `(start, id)`, inserted in the same order: an index
+    /// insert plus one allocation, without a lock. ns.
     pub fn insert(&self, cfg: &BenchConfig) -> Result<BenchRow> {
         let ops = cfg.slow_ops.max(1);
+        let mut map = BTreeMap::new();
+        for (id, k) in shuffled(self.n).into_iter().enumerate() {
+            map.insert((2 * k * PAGE, id as u64), Arc::new(2 * k * PAGE + PAGE - 1));
+        }
         let mut per_batch = Vec::with_capacity(cfg.batches);
+        let mut map_batch = Vec::with_capacity(cfg.batches);
         for b in 0..cfg.batches {
             let starts: Vec<u64> = (0..ops as u64)
                 .map(|i| {
@@ -241,6 +265,10 @@ impl ManyIntervals {
                 })
                 .collect();
             let mut added = Vec::with_capacity(ops);
+            let mut map_ns = 0.0;
+            if b % 2 == 1 {
+                map_ns = map_insert(&mut map, &starts);
+            }
             let t = Instant::now();
             for &s in &starts {
                 added.push(
@@ -249,15 +277,25 @@ impl ManyIntervals {
                 );
             }
             per_batch.push(t.elapsed().as_nanos() as f64 / ops as f64);
+            if b % 2 == 0 {
+                map_ns = map_insert(&mut map, &starts);
+            }
+            map_batch.push(map_ns);
             for iv in added {
                 iv.remove()?;
+            }
+            for (i, &s) in starts.iter().enumerate() {
+                map.remove(&(s, u64::MAX - i as u64));
             }
         }
         Ok(BenchRow {
             name: format!("interval_notifier_insert into {} intervals", self.n),
             value: median(per_batch),
             unit: "ns",
-            baseline: None,
+            baseline: Some((
+                "BTreeMap<(start, id), Arc<_>> insert of the same intervals".into(),
+                median(map_batch),
+            )),
         })
     }
 
