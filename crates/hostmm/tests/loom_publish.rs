@@ -208,13 +208,18 @@ fn cell_id(c: &Published<Tracked>, g: &publish::Guard) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tail path: a miss publishes the index it last published plus its range (`Index::with`,
-// `regcache.rs` `publish_added`) instead of rebuilding; a removal (a flush of dead entries)
-// rebuilds. With the real `Index` and the real publication cell; the map's records and anchors
-// are modelled as `regcache.rs` keeps them.
+// The tail path: a miss appends its range in place to the published index's tail
+// (`Index::push`, `regcache.rs` `publish_added`) instead of rebuilding, and rebuilds when the
+// tail is full (`TAIL` is 2 under loom); a removal (a flush of dead entries) rebuilds. With the
+// real `Index` and the real publication cell; the map's records and anchors are modelled as
+// `regcache.rs` keeps them.
 
-use hostmm::index::Index;
+use hostmm::index::{Index, TAIL};
 use std::ptr::NonNull;
+
+/// Nodes are counted outside loom: a failed model drops what its grace period still holds after
+/// loom's state is gone.
+type NodeRef = std::sync::Arc<Node>;
 
 const PAGE: u64 = 4096;
 
@@ -228,8 +233,8 @@ struct Node {
     freed: AtomicBool,
 }
 
-fn node(start: u64, valid: bool) -> Arc<Node> {
-    Arc::new(Node {
+fn node(start: u64, valid: bool) -> NodeRef {
+    NodeRef::new(Node {
         start,
         valid: AtomicBool::new(valid),
         published: AtomicBool::new(valid),
@@ -240,15 +245,18 @@ fn node(start: u64, valid: bool) -> Arc<Node> {
 /// The map's record of a node (`Rec`'s anchor): dropping it is "freeing" the node. The model
 /// keeps every node's memory alive itself, so a reader that reaches a freed node reports it
 /// instead of reading freed memory.
-struct Anchor(Arc<Node>);
+struct Anchor(NodeRef);
 
 impl Drop for Anchor {
     fn drop(&mut self) {
-        self.0.freed.store(true, Ordering::SeqCst);
+        // Not while a failed model unwinds: loom's state is gone by then.
+        if !std::thread::panicking() {
+            self.0.freed.store(true, Ordering::SeqCst);
+        }
     }
 }
 
-fn ptr(n: &Arc<Node>) -> NonNull<Node> {
+fn ptr(n: &NodeRef) -> NonNull<Node> {
     NonNull::from(&**n)
 }
 
@@ -272,23 +280,25 @@ fn rebuild(map: &[Anchor]) -> Index<Node> {
     )
 }
 
-/// How the tail publication is done: as `regcache.rs` does it, or broken.
+/// The writers' steps as `regcache.rs` takes them, or one of them broken.
 #[derive(Clone, Copy, PartialEq)]
-enum Tail {
-    /// The base index read under the writers' lock (`publish_added`).
+enum Variant {
     Sound,
-    /// Broken: the index to extend read (and extended) before taking the writers' lock, so a
-    /// removal published meanwhile is undone by the extension.
-    BaseReadBeforeTheLock,
+    /// The miss appends to the index it read before taking the writers' lock: a flush may have
+    /// replaced that index meanwhile.
+    AppendToTheIndexReadBeforeTheLock,
+    /// The append raises the tail's length before writing the slot.
+    LengthBeforeSlot,
+    /// The flush takes dead records out of the map and retires their anchors but leaves the
+    /// published index (and its tail) as it is.
+    RemovalWithoutRebuild,
 }
 
-/// A miss's publish step through the tail (begin sequence `begin`).
-fn add(c: &TailCache, n: &Arc<Node>, begin: u64, how: Tail) {
-    let extend = |c: &TailCache| {
-        let g = publish::pin();
-        c.index.read(&g).with(n.start, n.start + PAGE, ptr(n))
-    };
-    let early = (how == Tail::BaseReadBeforeTheLock).then(|| extend(c));
+/// A miss's publish step (begin sequence `begin`): append to the published index's tail under
+/// the writers' lock, or rebuild when it is full.
+fn add(c: &TailCache, n: &NodeRef, begin: u64, how: Variant) {
+    let g = publish::pin();
+    let early = (how == Variant::AppendToTheIndexReadBeforeTheLock).then(|| c.index.read(&g));
     let mut map = c.map.lock().unwrap();
     if c.seq.load(Ordering::Acquire) != begin {
         return; // read_retry: collided
@@ -297,25 +307,30 @@ fn add(c: &TailCache, n: &Arc<Node>, begin: u64, how: Tail) {
     n.published.store(true, Ordering::Release);
     let at = map.partition_point(|a| a.0.start < n.start);
     map.insert(at, Anchor(n.clone()));
-    let next = match early {
-        Some(e) => e,
-        None => extend(c),
+    let cur = early.unwrap_or_else(|| c.index.read(&g));
+    let (s, e) = (n.start, n.start + PAGE);
+    let appended = if how == Variant::LengthBeforeSlot {
+        cur.push_length_first(s, e, ptr(n))
+    } else {
+        cur.push(s, e, ptr(n))
     };
-    match next {
-        Some(next) => c.index.replace(next),
-        None => c.index.replace(rebuild(&map)),
+    drop(g);
+    if !appended {
+        c.index.replace(rebuild(&map));
     }
 }
 
 /// A flush: dead records leave the map, the index is rebuilt without them and published, then
 /// their anchors are retired — all under the writers' lock, as `regcache.rs` does.
-fn flush(c: &TailCache) {
+fn flush(c: &TailCache, how: Variant) {
     let mut map = c.map.lock().unwrap();
     let (live, dead): (Vec<Anchor>, Vec<Anchor>) = std::mem::take(&mut *map)
         .into_iter()
         .partition(|a| a.0.valid.load(Ordering::Acquire));
     *map = live;
-    c.index.replace(rebuild(&map));
+    if how != Variant::RemovalWithoutRebuild {
+        c.index.replace(rebuild(&map));
+    }
     publish::retire(dead);
 }
 
@@ -332,6 +347,7 @@ fn invalidate_node(c: &TailCache, n: &Node) {
 fn hit_at(c: &TailCache, start: u64) -> Option<u64> {
     let g = publish::pin();
     let idx = c.index.read(&g);
+    assert!(idx.tail_written(), "a reader saw an unwritten tail slot");
     let found = idx.covering(start, start + PAGE, |p| {
         // SAFETY: the model keeps every node's memory alive (`nodes` in the tests); whether the
         // protocol would have kept it is the `freed` flag.
@@ -347,12 +363,11 @@ fn hit_at(c: &TailCache, start: u64) -> Option<u64> {
 }
 
 /// A cache whose arrays hold `built` (sorted) and whose tail holds `tail`.
-fn tail_cache(built: &[Arc<Node>], tail: &[Arc<Node>]) -> TailCache {
-    let map: Vec<Anchor> = built.iter().map(|n| Anchor(n.clone())).collect();
-    let mut idx = rebuild(&map);
-    let mut map = map;
+fn tail_cache(built: &[NodeRef], tail: &[NodeRef]) -> TailCache {
+    let mut map: Vec<Anchor> = built.iter().map(|n| Anchor(n.clone())).collect();
+    let idx = rebuild(&map);
     for n in tail {
-        idx = idx.with(n.start, n.start + PAGE, ptr(n)).unwrap();
+        assert!(idx.push(n.start, n.start + PAGE, ptr(n)));
         let at = map.partition_point(|a| a.0.start < n.start);
         map.insert(at, Anchor(n.clone()));
     }
@@ -363,23 +378,31 @@ fn tail_cache(built: &[Arc<Node>], tail: &[Arc<Node>]) -> TailCache {
     }
 }
 
-/// A miss adds B through the tail while a flush removes A (dead, in the arrays) and a reader
-/// looks both up: no reader ever reaches A after its anchor is freed, A is never accepted, and
-/// once both writers are done B is found (the flush's rebuild did not lose it, nor the tail
-/// extension the removal).
-fn tail_model(how: Tail) {
-    // Five retirements, each reading every reader slot: more branches than loom's default.
+/// Five retirements at most, each reading every reader slot: more branches than loom's default.
+fn check(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     builder.max_branches = 20_000;
-    builder.check(move || {
+    builder.check(f);
+}
+
+/// A miss appends B to the tail (which holds T) while a flush removes A (dead, in the arrays)
+/// and a reader looks A, B and T up: no reader ever reaches A after its anchor is freed or sees
+/// an unwritten slot, A is never accepted, and once both writers are done B and T are found (the
+/// flush's rebuild lost neither, nor the append the removal).
+fn tail_model(how: Variant) {
+    check(move || {
         let a = node(PAGE, false); // invalidated earlier, awaiting the flush
+        let t = node(5 * PAGE, true);
         let b = node(3 * PAGE, false);
-        let nodes = [a.clone(), b.clone()];
-        let cache = Arc::new(tail_cache(std::slice::from_ref(&a), &[]));
+        let nodes = [a.clone(), t.clone(), b.clone()];
+        let cache = Arc::new(tail_cache(
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&t),
+        ));
         let (c1, b1) = (cache.clone(), b.clone());
         let miss = thread::spawn(move || add(&c1, &b1, 0, how));
         let c2 = cache.clone();
-        let flusher = thread::spawn(move || flush(&c2));
+        let flusher = thread::spawn(move || flush(&c2, how));
         assert_eq!(hit_at(&cache, PAGE), None, "a dead entry was accepted");
         let _ = hit_at(&cache, 3 * PAGE);
         miss.join().unwrap();
@@ -393,42 +416,56 @@ fn tail_model(how: Tail) {
             Some(3 * PAGE),
             "a published entry was lost"
         );
+        assert_eq!(
+            hit_at(&cache, 5 * PAGE),
+            Some(5 * PAGE),
+            "a tail entry was lost"
+        );
         drop(nodes);
     });
 }
 
 #[test]
 fn the_tail_never_leads_a_reader_to_a_freed_entry_nor_loses_one() {
-    tail_model(Tail::Sound);
+    tail_model(Variant::Sound);
+}
+
+#[test]
+#[should_panic(expected = "a published entry was lost")]
+fn appending_to_an_index_read_before_the_lock_loses_the_entry() {
+    tail_model(Variant::AppendToTheIndexReadBeforeTheLock);
 }
 
 #[test]
 #[should_panic(expected = "whose anchor was freed")]
-fn extending_an_index_read_before_the_lock_leads_readers_to_freed_entries() {
-    tail_model(Tail::BaseReadBeforeTheLock);
+fn a_removal_without_a_rebuild_leads_readers_to_freed_entries() {
+    tail_model(Variant::RemovalWithoutRebuild);
 }
 
-/// An entry in the tail is unmapped: a lookup that starts after the unmap returned never
-/// accepts it, whether the miss put it in the tail before or after the invalidation, and it is
-/// never valid at the end. Another entry sits in the tail already, so the extension copies a
-/// tail.
-fn tail_unmap_model(uffd: bool) {
-    loom::model(move || {
+#[test]
+#[should_panic(expected = "unwritten tail slot")]
+fn raising_the_length_before_the_slot_is_written_shows_readers_an_unwritten_slot() {
+    tail_model(Variant::LengthBeforeSlot);
+}
+
+/// An entry appended to the tail (or, with a full tail, rebuilt into the arrays) is unmapped: a
+/// lookup that starts after the unmap returned never accepts it, whether the miss published it
+/// before or after the invalidation, and it is never valid at the end.
+fn tail_unmap_model(uffd: bool, full: bool) {
+    check(move || {
         let gate = PendingGate::new();
         let opener = gate.opener().unwrap();
         let a = node(PAGE, true);
-        let t = node(5 * PAGE, true);
         let b = node(3 * PAGE, false);
-        let nodes = [a.clone(), t.clone(), b.clone()];
-        let cache = Arc::new(tail_cache(
-            std::slice::from_ref(&a),
-            std::slice::from_ref(&t),
-        ));
+        let tail: Vec<NodeRef> = (0..if full { TAIL as u64 } else { 1 })
+            .map(|i| node((5 + i) * PAGE, true))
+            .collect();
+        let cache = Arc::new(tail_cache(std::slice::from_ref(&a), &tail));
         let released = Arc::new(AtomicBool::new(false));
         // The miss took read_begin before the unmap started.
         let begin = cache.seq.load(Ordering::Acquire);
         let (c1, b1) = (cache.clone(), b.clone());
-        let miss = thread::spawn(move || add(&c1, &b1, begin, Tail::Sound));
+        let miss = thread::spawn(move || add(&c1, &b1, begin, Variant::Sound));
         let (c2, b2) = (cache.clone(), b.clone());
         let unmap = spawn_unmap(uffd, opener, released.clone(), move || {
             invalidate_node(&c2, &b2)
@@ -440,30 +477,42 @@ fn tail_unmap_model(uffd: bool) {
         assert_eq!(
             hit_at(&cache, 3 * PAGE),
             None,
-            "a lookup after the unmap returned hit a stale tail entry"
+            "a lookup after the unmap returned hit a stale entry"
         );
         miss.join().unwrap();
         unmap.join().unwrap();
         assert!(
             !b.valid.load(Ordering::Acquire),
-            "a tail entry stayed valid"
+            "an unmapped entry stayed valid"
         );
-        assert_eq!(
-            hit_at(&cache, 5 * PAGE),
-            Some(5 * PAGE),
-            "the tail lost an entry"
-        );
+        for t in &tail {
+            assert_eq!(
+                hit_at(&cache, t.start),
+                Some(t.start),
+                "a tail entry was lost"
+            );
+        }
         assert_eq!(hit_at(&cache, PAGE), Some(PAGE), "the arrays lost an entry");
-        drop(nodes);
+        drop((a, tail));
     });
 }
 
 #[test]
-fn uffd_a_lookup_after_munmap_never_hits_an_entry_published_in_the_tail() {
-    tail_unmap_model(true);
+fn uffd_a_lookup_after_munmap_never_hits_an_entry_appended_to_the_tail() {
+    tail_unmap_model(true, false);
 }
 
 #[test]
-fn bracketed_a_lookup_after_the_call_never_hits_an_entry_published_in_the_tail() {
-    tail_unmap_model(false);
+fn bracketed_a_lookup_after_the_call_never_hits_an_entry_appended_to_the_tail() {
+    tail_unmap_model(false, false);
+}
+
+#[test]
+fn uffd_a_lookup_after_munmap_never_hits_an_entry_of_a_full_tail_rebuild() {
+    tail_unmap_model(true, true);
+}
+
+#[test]
+fn bracketed_a_lookup_after_the_call_never_hits_an_entry_of_a_full_tail_rebuild() {
+    tail_unmap_model(false, true);
 }

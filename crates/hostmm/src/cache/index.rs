@@ -7,11 +7,13 @@
 //! lookup — at the start of a cached range — is one hash probe; any other lookup is a binary
 //! search over the starts, then a walk back bounded by the longest range.
 //!
-//! A range added since the arrays were built goes into a short unsorted tail (at most
-//! [`TAIL`] ranges) that shares the arrays of the index before it ([`Index::with`]), so a miss
-//! publishing one entry copies the tail, not the whole index; the arrays are rebuilt when the
-//! tail is full or a range leaves. A lookup scans the tail only when the arrays' hash probe has
-//! no answer, before the sorted search.
+//! A range added since the arrays were built goes into a short tail of at most [`TAIL`]
+//! ranges, appended **in place** in the published index ([`Index::push`]): a miss publishing
+//! one entry writes one slot and raises the tail's length, with no new snapshot, no swap and
+//! nothing to retire. The arrays are rebuilt (a new snapshot with an empty tail, published and
+//! the old one retired) when the tail is full or a range leaves, so a miss copies the index
+//! once per [`TAIL`] misses: `O(entries / TAIL)` amortised. A lookup scans the tail only when
+//! the arrays have no answer (neither the hash probe nor the sorted search).
 //!
 //! The index holds *pointers* to entries, not references: it says where to look, and the
 //! caller checks each candidate's own validity flag. Keeping every pointer alive is the
@@ -24,49 +26,80 @@
 //!   the entry's own flag, cleared by the invalidation under the writers' lock before the
 //!   invalidating call returns (or, under uffd, before its pending window closes), and loaded
 //!   with acquire by every hit after the gate. A range in the tail is checked exactly like one
-//!   in the arrays, so no snapshot — with or without a tail, current or one change old — can
+//!   in the arrays, so no snapshot — whatever its tail holds, current or one change old — can
 //!   make a hit accept an invalidated entry, or miss the invalidation of a tail entry: there is
 //!   nothing in the snapshot for it to miss.
-//! * **Every pointer stays allocated.** A snapshot with a tail is derived from the snapshot
-//!   published *last*, read by the writer under the writers' lock, which every publication
-//!   holds; so its pointers are the map's anchors at that moment. A range leaves the map only
-//!   in a critical section that publishes a *rebuilt* snapshot (no tail) and then retires the
-//!   anchor, so no snapshot published later points to it, and one published earlier is
-//!   protected by the grace period (the anchor is stamped after the swap). Extending a snapshot
-//!   read *before* the lock would resurrect a removed pointer: `tests/loom_publish.rs`
-//!   (`extending_an_index_read_before_the_lock_leads_readers_to_freed_entries`) shows the model
-//!   catching that.
-//! * **Publication order is the rebuild's.** The tail is extended after `read_retry` under the
-//!   writers' lock, with the entry's flags set before the swap (release), exactly where the
-//!   full rebuild used to be published; the pending window and the sequence check see nothing
-//!   different.
-//! * **No ABA.** Snapshots are immutable once published and writers swap unconditionally under
-//!   the lock: nothing compares pointers, so a reused address cannot be mistaken for an old
-//!   one. The arrays a tail shares are `Arc` slices, freed with the last snapshot that holds
-//!   them, itself freed only after its grace period.
+//! * **A slot is read only once written.** The writer fills slot `n` (relaxed stores), then
+//!   stores the length `n + 1` with release; a reader loads the length with acquire and reads
+//!   only the slots below it, so it sees each slot's final contents. A slot is written once in
+//!   the life of its index (append-only, never reused: no ABA) and only by the writer holding
+//!   the writers' lock, so appends never race with each other.
+//! * **Every pointer stays allocated.** Appends go only into the index published *last*, read
+//!   by the writer under the writers' lock, which every publication holds; so the pointers of
+//!   the published index are anchors in the map. A range leaves the map only in a critical
+//!   section that publishes a *rebuilt* snapshot (empty tail) and then retires the anchor: no
+//!   later append reaches the old snapshot, a reader still in it is protected by the grace
+//!   period (the anchor is stamped after the swap), and the new one never had the pointer.
+//! * **Publication order is the rebuild's.** The append is made after `read_retry` under the
+//!   writers' lock, with the entry's flags set before the length's release store, exactly
+//!   where the full rebuild used to be published; the pending window and the sequence check see
+//!   nothing different.
+//!
+//! `tests/loom_publish.rs` model-checks the append against concurrent readers, invalidations
+//! and a flush's rebuild, and catches the broken variants: an append into an index read before
+//! the lock (the entry is lost), a removal without a rebuild (a reader reaches a freed entry),
+//! and a length raised before its slot is written (a reader sees an unwritten slot).
 
 use std::ptr::NonNull;
-use std::sync::Arc;
 
-/// Most ranges added to an index without rebuilding its arrays.
-pub const TAIL: usize = 16;
+use crate::primitive::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Most ranges appended to an index without rebuilding its arrays (2 in the models, so that
+/// they reach a full tail).
+pub const TAIL: usize = if cfg!(loom) { 2 } else { 16 };
 
 const EMPTY: u32 = u32::MAX;
 
-/// A snapshot of `(start, end) → T` for ranges of `u64`. The arrays are reference-counted
-/// slices, shared with the index the tail grew from (a hit reads them through one pointer, as
-/// through a `Box`).
+/// A snapshot of `(start, end) → T` for ranges of `u64`: immutable sorted arrays, plus a tail
+/// the writer appends to in place.
 pub struct Index<T> {
-    starts: Arc<[u64]>,
-    ends: Arc<[u64]>,
-    items: Arc<[NonNull<T>]>,
+    starts: Box<[u64]>,
+    ends: Box<[u64]>,
+    items: Box<[NonNull<T>]>,
     /// Position of the first range with a given start, or `EMPTY`; a power of two long.
-    table: Arc<[u32]>,
+    table: Box<[u32]>,
     /// The longest range's length in the arrays: no range of them starting more than this
     /// before `end` covers it.
     max_len: u64,
-    /// Ranges added since the arrays were built, unsorted.
-    tail: Box<[(u64, u64, NonNull<T>)]>,
+    /// Ranges appended since the arrays were built, in the order appended.
+    tail: Tail<T>,
+}
+
+/// The appended ranges: slots below `len` are written and never change. On lines of its own,
+/// so an append does not take from readers the line of the arrays' pointers.
+#[repr(align(128))]
+struct Tail<T> {
+    len: AtomicUsize,
+    slots: [TailSlot<T>; TAIL],
+}
+
+struct TailSlot<T> {
+    start: AtomicU64,
+    end: AtomicU64,
+    item: AtomicPtr<T>,
+}
+
+impl<T> Tail<T> {
+    fn new() -> Self {
+        Self {
+            len: AtomicUsize::new(0),
+            slots: std::array::from_fn(|_| TailSlot {
+                start: AtomicU64::new(0),
+                end: AtomicU64::new(0),
+                item: AtomicPtr::new(std::ptr::null_mut()),
+            }),
+        }
+    }
 }
 
 // SAFETY: the index only stores the pointers; whoever dereferences them (`regcache.rs`, under a
@@ -113,38 +146,89 @@ impl<T> Index<T> {
             items: items.into(),
             table: table.into(),
             max_len,
-            tail: Box::new([]),
+            tail: Tail::new(),
         }
     }
 
-    /// This index plus the range `[start, end)` → `item`, sharing the sorted arrays; `None`
-    /// when the tail is full (build a new index then).
-    pub fn with(&self, start: u64, end: u64, item: NonNull<T>) -> Option<Self> {
-        if self.tail.len() >= TAIL {
-            return None;
+    /// Appends `[start, end)` → `item` to the tail in place; `false` when the tail is full
+    /// (build a new index then). Only the writer that published this index may append, holding
+    /// the lock that serializes the writers, and only while it is the published one (see the
+    /// module documentation).
+    pub fn push(&self, start: u64, end: u64, item: NonNull<T>) -> bool {
+        // Appends are serialized by the writers' lock: this is the last length stored.
+        let n = self.tail.len.load(Ordering::Relaxed);
+        let Some(slot) = self.tail.slots.get(n) else {
+            return false;
+        };
+        slot.start.store(start, Ordering::Relaxed);
+        slot.end.store(end, Ordering::Relaxed);
+        slot.item.store(item.as_ptr(), Ordering::Relaxed);
+        // Release: a reader that loads `n + 1` sees the slot written.
+        self.tail.len.store(n + 1, Ordering::Release);
+        true
+    }
+
+    /// The broken append the models must catch: the length raised before the slot is written.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn push_length_first(&self, start: u64, end: u64, item: NonNull<T>) -> bool {
+        let n = self.tail.len.load(Ordering::Relaxed);
+        let Some(slot) = self.tail.slots.get(n) else {
+            return false;
+        };
+        self.tail.len.store(n + 1, Ordering::Release);
+        slot.start.store(start, Ordering::Relaxed);
+        slot.end.store(end, Ordering::Relaxed);
+        slot.item.store(item.as_ptr(), Ordering::Relaxed);
+        true
+    }
+
+    /// Whether every tail slot below the length a reader loads now is written (the models'
+    /// check of the append's order).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn tail_written(&self) -> bool {
+        let n = self.tail.len.load(Ordering::Acquire);
+        self.tail.slots[..n]
+            .iter()
+            .all(|s| !s.item.load(Ordering::Relaxed).is_null())
+    }
+
+    /// The first tail range covering `[start, end)` for which `accept` holds.
+    #[inline]
+    fn tail_covering(
+        &self,
+        start: u64,
+        end: u64,
+        accept: &mut impl FnMut(NonNull<T>) -> bool,
+    ) -> Option<NonNull<T>> {
+        // Acquire: every slot below the length is written (see `push`).
+        let n = self.tail.len.load(Ordering::Acquire);
+        for slot in &self.tail.slots[..n] {
+            if slot.start.load(Ordering::Relaxed) <= start
+                && slot.end.load(Ordering::Relaxed) >= end
+            {
+                let item = slot.item.load(Ordering::Relaxed);
+                // Never null: written before the length was raised past it.
+                if let Some(p) = NonNull::new(item) {
+                    if accept(p) {
+                        return Some(p);
+                    }
+                }
+            }
         }
-        let mut tail = Vec::with_capacity(self.tail.len() + 1);
-        tail.extend_from_slice(&self.tail);
-        tail.push((start, end, item));
-        Some(Self {
-            starts: self.starts.clone(),
-            ends: self.ends.clone(),
-            items: self.items.clone(),
-            table: self.table.clone(),
-            max_len: self.max_len,
-            tail: tail.into(),
-        })
+        None
     }
 
     /// Ranges in the index.
     #[cfg(all(test, not(loom)))]
     pub fn len(&self) -> usize {
-        self.starts.len() + self.tail.len()
+        self.starts.len() + self.tail.len.load(Ordering::Acquire)
     }
 
     /// The first range covering `[start, end)` for which `accept` holds, searched from ranges
-    /// of the arrays that start exactly at `start`, then in the tail, then backwards from
-    /// `start` in the arrays.
+    /// of the arrays that start exactly at `start`, then backwards from `start` in the arrays,
+    /// then in the tail.
     #[inline]
     pub fn covering(
         &self,
@@ -171,18 +255,13 @@ impl<T> Index<T> {
             }
             h = (h + 1) & mask;
         }
-        if let Some(&(_, _, p)) = self
-            .tail
-            .iter()
-            .find(|&&(s, e, p)| s <= start && e >= end && accept(p))
-        {
-            return Some(p);
-        }
-        // Ranges starting before `start` (or at it, again: harmless).
+        // Ranges of the arrays starting before `start` (or at it, again: harmless), then the
+        // tail: most lookups inside a range find it in the arrays.
         search_back(&self.starts, &self.ends, self.max_len, start, end, |i| {
             accept(self.items[i])
         })
         .map(|i| self.items[i])
+        .or_else(|| self.tail_covering(start, end, &mut accept))
     }
 }
 
@@ -217,9 +296,9 @@ mod tests {
         let starts: Vec<u64> = a.iter().map(|r| r.0).collect();
         let ends: Vec<u64> = a.iter().map(|r| r.1).collect();
         let max_len = a.iter().map(|r| r.1 - r.0).max().unwrap_or(0);
-        let mut idx = Index::build(&starts, &ends, items[..sorted].to_vec(), max_len);
+        let idx = Index::build(&starts, &ends, items[..sorted].to_vec(), max_len);
         for (i, r) in b.iter().enumerate() {
-            idx = idx.with(r.0, r.1, items[sorted + i]).unwrap();
+            assert!(idx.push(r.0, r.1, items[sorted + i]));
         }
         idx
     }
@@ -266,13 +345,12 @@ mod tests {
     #[test]
     fn the_tail_is_bounded() {
         let x = 0u32;
-        let mut idx: Index<u32> = Index::empty();
+        let idx: Index<u32> = Index::empty();
         for i in 0..TAIL as u64 {
-            idx = idx
-                .with(i * 4096, (i + 1) * 4096, NonNull::from(&x))
-                .unwrap();
+            assert!(idx.push(i * 4096, (i + 1) * 4096, NonNull::from(&x)));
         }
-        assert!(idx.with(0, 4096, NonNull::from(&x)).is_none());
+        assert!(!idx.push(0, 4096, NonNull::from(&x)));
+        assert_eq!(idx.len(), TAIL);
     }
 
     #[test]

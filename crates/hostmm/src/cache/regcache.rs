@@ -35,8 +35,8 @@
 //!
 //! Writers — a miss publishing, an invalidation callback, an eviction, a flush — serialize on
 //! one mutex over the authoritative map. Only a change of the *set* of entries (publish, flush)
-//! republishes the index: a miss that adds a range publishes the last index plus that range in
-//! its short tail (`O(tail)`; the arrays are rebuilt, `O(entries)`, once the tail is full),
+//! republishes the index: a miss that adds a range appends it in place to the published
+//! index's short tail (`O(1)`; the arrays are rebuilt, `O(entries)`, once the tail is full),
 //! a removal rebuilds it (see [`index`](crate::cache::index) for why the tail is sound); an
 //! invalidation or eviction only clears the entry's validity flag, which every hit checks. A hit may read an index one change
 //! old: it then misses an entry just published (and the miss path finds it under the lock) or
@@ -490,22 +490,21 @@ impl<R: Registrar> RegCache<R> {
         Some(Handle { entry })
     }
 
-    /// Publishes the index plus `added`, just inserted into `map` (the arrays shared, the range
-    /// in the index's tail); rebuilds it when the tail is full. Called with the map locked.
+    /// Appends `added`, just inserted into `map`, to the published index's tail in place;
+    /// rebuilds and republishes the index when the tail is full. Called with the map locked.
     fn publish_added(&self, map: &MutexGuard<'_, Map<R>>, added: VaRange) {
         let guard = publish::pin();
         // Every publication holds the map's lock, so this is the index published last: its
-        // pointers are anchors still in the map (none was removed without a rebuild since).
-        // Reading it before the lock would not be sound (see `index.rs`).
+        // pointers are anchors still in the map (none was removed without a rebuild since),
+        // and no other writer appends to it meanwhile. Reading it before the lock would not be
+        // sound (see `index.rs`).
         let cur = self.shared.index.read(&guard);
-        let anchor = map
+        let appended = map
             .position(added)
-            .map(|i| map.recs[i].anchor.0)
-            .and_then(|p| cur.with(added.start(), added.end(), p));
+            .is_some_and(|i| cur.push(added.start(), added.end(), map.recs[i].anchor.0));
         drop(guard);
-        match anchor {
-            Some(next) => self.shared.index.replace(next),
-            None => self.republish(map, Vec::new()),
+        if !appended {
+            self.republish(map, Vec::new());
         }
     }
 
