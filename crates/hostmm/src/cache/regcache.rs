@@ -361,7 +361,8 @@ struct Shared<R: Registrar> {
     config: CacheConfig,
     /// The authoritative map; every writer holds this lock.
     map: Mutex<Map<R>>,
-    /// What hits search: rebuilt from `map` whenever its set of entries changes.
+    /// What hits search: rebuilt from `map` when a range leaves it or the tail is full; a range
+    /// added is appended to its tail in place.
     index: Published<Index<Entry<R>>>,
     /// LRU clock, advanced by misses only (hits never write a shared line for it).
     clock: AtomicU64,
