@@ -302,7 +302,7 @@ impl<T, const N: usize> Slots<T, N> {
 
 /// A hint to fetch the cache lines of `[p, p + len)` (nothing on targets without one).
 #[inline(always)]
-fn prefetch_lines(p: *const u8, len: usize) {
+pub(crate) fn prefetch_lines(p: *const u8, len: usize) {
     for off in (0..len).step_by(64) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint that never faults and has no visible effect, whatever
