@@ -15,6 +15,8 @@ use crate::sys::{as_ptr, lock, sys};
 
 pub mod all;
 mod interleave;
+
+use interleave::{medians, ns_per_op};
 mod notifier;
 mod validator;
 mod wake;
@@ -90,6 +92,10 @@ impl MutexCache {
     /// Inserts a registration.
     pub fn insert(&self, start: u64, end: u64) {
         lock(&self.map).insert((start, end), Arc::new(start));
+    }
+    /// Removes the registration of exactly `[start, end)` (an invalidation).
+    pub fn remove(&self, start: u64, end: u64) {
+        lock(&self.map).remove(&(start, end));
     }
     /// The registration covering `[start, end)`.
     pub fn lookup(&self, start: u64, end: u64) -> Option<Arc<u64>> {
@@ -516,7 +522,62 @@ pub fn miss_cost(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
             baseline: Some(baseline),
         });
     }
+    rows.push(churn_cost(cfg)?);
     Ok(rows)
+}
+
+/// Churn in a full cache: one of `cfg.entries` cached one-page ranges is invalidated (an
+/// importer's notification) and looked up again (a miss: flush, register, publish), against
+/// the same in the baseline cache (remove, then the miss: lookup, the no-op registrar, insert).
+/// The two alternate in short batches. µs per invalidation + miss.
+pub fn churn_cost(cfg: &BenchConfig) -> Result<BenchRow> {
+    let page = page_size();
+    let n = cfg.entries as u64;
+    let fx = HitFixture::new(cfg, 1)?;
+    let imp = fx.host.importer()?;
+    let key = |i: usize| fx.mem.addr() + ((i as u64).wrapping_mul(7919) % n) * page;
+    let mut failed = None;
+    let us = medians(cfg, cfg.slow_ops * 4, 2, |v, ops| {
+        ns_per_op(ops, |i| {
+            let k = key(i);
+            if v == 0 {
+                let r = imp
+                    .notify(k, page, hostmm::Event::Unmap)
+                    .and_then(|()| fx.cache.get(k, page).map(drop));
+                if let Err(e) = r {
+                    failed.get_or_insert(e);
+                }
+            } else {
+                fx.base.remove(k, k + page);
+                if fx.base.lookup(k, k + page).is_none() {
+                    let reg = VaRange::covering(k, page).and_then(|r| {
+                        NoopRegistrar
+                            .register(r)
+                            .map_err(|_| hostmm::Error::Config("no-op register"))
+                    });
+                    if let Err(e) = reg {
+                        failed.get_or_insert(e);
+                    }
+                    fx.base.insert(k, k + page);
+                }
+            }
+        }) / 1e3
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(BenchRow {
+        name: format!(
+            "invalidate + miss + no-op register, {} cached entries",
+            cfg.entries
+        ),
+        value: us[0],
+        unit: "us",
+        baseline: Some((
+            "Mutex<BTreeMap> remove + miss + no-op register + insert".into(),
+            us[1],
+        )),
+    })
 }
 
 /// Every benchmark, in table order.
