@@ -43,7 +43,9 @@
 //!   that has just published a *rebuilt* snapshot (from the map alone, empty tail): no later
 //!   append reaches the old snapshot, a reader still in it is protected by the grace period
 //!   (the anchors are stamped after the swap), and the new one never had the pointers. A dead
-//!   range still in the index is harmless: its entry's flag stays clear for good.
+//!   range still in the index is harmless: its entry's flag stays clear for good, and a hit
+//!   reads the flag only after upgrading the anchor to a live entry (the anchor keeps the
+//!   allocation, not the entry, which may already have been dropped).
 //! * **Publication order is the rebuild's.** The append is made after `read_retry` under the
 //!   writers' lock, with the entry's flags set before the length's release store, exactly
 //!   where the full rebuild used to be published; the pending window and the sequence check see

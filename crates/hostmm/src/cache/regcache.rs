@@ -28,10 +28,11 @@
 //! A hit takes no lock and performs no read-modify-write on a shared line: it loads one gate
 //! counter, enters a read-side section (a store to its own thread's slot), searches the
 //! [published](crate::cache::publish) [index](crate::cache::index) (one hash probe when the lookup
-//! starts where a cached range starts), checks the entry's validity flag, and counts itself in a
-//! [per-thread tally](crate::cache::tally). The returned [`Handle`] takes a strong reference on
-//! the entry (upgrading a weak one) — the one read-modify-write left, on the entry's own line, as
-//! any `Arc`-returning cache pays.
+//! starts where a cached range starts), takes a strong reference on the entry (upgrading a weak
+//! one: the one read-modify-write left, on the entry's own line, as any `Arc`-returning cache
+//! pays for its [`Handle`]), checks the entry's validity flag through it (the flag is read only
+//! through a live entry: a dead one the index still points to may have been dropped), and
+//! counts itself in a [per-thread tally](crate::cache::tally).
 //!
 //! Writers — a miss publishing, an invalidation callback, an eviction, a flush — serialize on
 //! one mutex over the authoritative map. Only a change of the *set* of entries (publish, flush)
@@ -512,14 +513,19 @@ impl<R: Registrar> RegCache<R> {
         sh.index
             .read(&guard)
             .covering(want.start(), want.end(), |p| {
+                // Upgrade first, then read the flag through the live entry: the anchor keeps the
+                // allocation, not the entry, and a dead entry the index still points to may
+                // have been dropped (its state with it).
                 // SAFETY: every pointer in a published index is an anchor's, kept alive while a
                 // guard pinned before the index was replaced lives (see the module documentation).
-                if !unsafe { p.as_ref() }.state.valid.load(Ordering::Acquire) {
+                let Some(e) = (unsafe { upgrade(p) }) else {
+                    return false;
+                };
+                if !e.state.valid.load(Ordering::Acquire) {
                     return false;
                 }
-                // SAFETY: as above.
-                entry = unsafe { upgrade(p) };
-                entry.is_some()
+                entry = Some(e);
+                true
             })?;
         let me = guard.thread_index();
         drop(guard);
