@@ -10,17 +10,15 @@
 //! A range added since the arrays were built goes into a short tail of at most [`TAIL`]
 //! ranges, appended **in place** in the published index ([`Index::push`]): a miss publishing
 //! one entry writes one slot and raises the tail's length, with no new snapshot, no swap and
-//! nothing to retire. A range that leaves stays in the index, dead (its entry's flag is clear,
-//! so no hit accepts it), until the next rebuild. The arrays are rebuilt (a new snapshot with an
-//! empty tail, published and the old one retired) when the tail is full or [`TAIL`] ranges have
-//! left, so a miss or a removal copies the index once per [`TAIL`] of them: `O(entries / TAIL)`
-//! amortised. A lookup scans the tail only when the arrays have no answer (neither the hash
-//! probe nor the sorted search).
+//! nothing to retire. The arrays are rebuilt (a new snapshot with an empty tail, published and
+//! the old one retired) when the tail is full or a range leaves, so a miss copies the index
+//! once per [`TAIL`] misses: `O(entries / TAIL)` amortised. A lookup scans the tail only when
+//! the arrays have no answer (neither the hash probe nor the sorted search).
 //!
 //! The index holds *pointers* to entries, not references: it says where to look, and the
 //! caller checks each candidate's own validity flag. Keeping every pointer alive is the
-//! writer's rule (see `regcache.rs`): the anchor of an entry that leaves the map is kept (in the
-//! map's graveyard) until a snapshot rebuilt without it is published, and retired only then.
+//! writer's rule (see `regcache.rs`): an entry leaves the map only together with a new snapshot
+//! without it, and is retired after that snapshot is published.
 //!
 //! # Why the tail is sound
 //!
@@ -38,24 +36,19 @@
 //!   the writers' lock, so appends never race with each other.
 //! * **Every pointer stays allocated.** Appends go only into the index published *last*, read
 //!   by the writer under the writers' lock, which every publication holds; so the pointers of
-//!   the published index are anchors in the map or in its graveyard. An anchor taken out of the
-//!   map goes to the graveyard, alive; the graveyard is retired only in a critical section
-//!   that has just published a *rebuilt* snapshot (from the map alone, empty tail): no later
-//!   append reaches the old snapshot, a reader still in it is protected by the grace period
-//!   (the anchors are stamped after the swap), and the new one never had the pointers. A dead
-//!   range still in the index is harmless: its entry's flag stays clear for good, and a hit
-//!   reads the flag only after upgrading the anchor to a live entry (the anchor keeps the
-//!   allocation, not the entry, which may already have been dropped).
+//!   the published index are anchors in the map. A range leaves the map only in a critical
+//!   section that publishes a *rebuilt* snapshot (empty tail) and then retires the anchor: no
+//!   later append reaches the old snapshot, a reader still in it is protected by the grace
+//!   period (the anchor is stamped after the swap), and the new one never had the pointer.
 //! * **Publication order is the rebuild's.** The append is made after `read_retry` under the
 //!   writers' lock, with the entry's flags set before the length's release store, exactly
 //!   where the full rebuild used to be published; the pending window and the sequence check see
 //!   nothing different.
 //!
 //! `tests/loom_publish.rs` model-checks the append against concurrent readers, invalidations
-//! and a flush (deferred to the graveyard, or rebuilding), and catches the broken variants: an
-//! append into an index read before the lock (the entry is lost), a removed anchor retired
-//! without a rebuild (a reader reaches a freed entry), and a length raised before its slot is
-//! written (a reader sees an unwritten slot).
+//! and a flush's rebuild, and catches the broken variants: an append into an index read before
+//! the lock (the entry is lost), a removal without a rebuild (a reader reaches a freed entry),
+//! and a length raised before its slot is written (a reader sees an unwritten slot).
 
 use std::ptr::NonNull;
 

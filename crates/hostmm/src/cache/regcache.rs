@@ -31,8 +31,8 @@
 //! starts where a cached range starts), takes a strong reference on the entry (upgrading a weak
 //! one: the one read-modify-write left, on the entry's own line, as any `Arc`-returning cache
 //! pays for its [`Handle`]), checks the entry's validity flag through it (the flag is read only
-//! through a live entry: a dead one the index still points to may have been dropped), and
-//! counts itself in a [per-thread tally](crate::cache::tally).
+//! through a live entry: one an index still points to after its removal may have been
+//! dropped), and counts itself in a [per-thread tally](crate::cache::tally).
 //!
 //! Writers — a miss publishing, an invalidation callback, an eviction, a flush — serialize on
 //! one mutex over the authoritative map. Only a change of the *set* of entries (publish, flush)
@@ -46,10 +46,10 @@
 //! uffd, before the pending window closes; a lookup that starts after that return passes the
 //! gate and loads the flag (acquire), so it sees it clear whichever index it searched.
 //!
-//! The index points at entries through *anchors* (weak references): an anchor that leaves the
-//! map waits in its graveyard until a critical section publishes an index rebuilt without it,
-//! and is then [retired](crate::cache::publish::retire) — dropped after every reader pinned at
-//! that moment has left — so every pointer a hit reads stays allocated. The entry itself (and its registration)
+//! The index points at entries through *anchors* (weak references): an anchor leaves the map
+//! only in the same critical section that publishes an index without it, and is then
+//! [retired](crate::cache::publish::retire) — dropped after every reader pinned at that moment has
+//! left — so every pointer a hit reads stays allocated. The entry itself (and its registration)
 //! still ends with its last strong reference, never later: a hit upgrades the weak reference and
 //! fails on an entry already gone. `tests/loom_publish.rs` model-checks the publication order
 //! and the lookup that follows an unmap, and the grace period.
@@ -61,11 +61,11 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 
 use mmu_notifier::{Event, Interval, IntervalNotifier, IntervalNotifierOps, Range};
 
-use crate::cache::index::{search_back, Index, TAIL};
+use crate::cache::index::{search_back, Index};
 use crate::cache::publish::{self, Published};
 use crate::cache::registrar::{self, Registrar};
 use crate::cache::tally::Tally;
@@ -240,16 +240,6 @@ struct Map<R: Registrar> {
     starts: Vec<u64>,
     ends: Vec<u64>,
     recs: Vec<Rec<R>>,
-    /// Anchors of records taken out of the map that the published index may still point to
-    /// (dead entries, whose flags are clear): retired after the next rebuild is published, which
-    /// happens once [`TAIL`] of them wait, so a removal does not rebuild the index either.
-    graveyard: Vec<Anchor<Entry<R>>>,
-    /// The ranges of entries made invalid since the last flush, so a flush finds them without
-    /// reading every entry's flag. Its capacity is kept at least the number of records, so the
-    /// invalidation callback (which must not allocate) can always note one; if it ever cannot,
-    /// `dead_unnoted` makes the next flush read every flag.
-    dead_ranges: Vec<(u64, u64)>,
-    dead_unnoted: bool,
     max_len: u64,
     valid_count: usize,
     valid_bytes: u64,
@@ -261,9 +251,6 @@ impl<R: Registrar> Map<R> {
             starts: Vec::new(),
             ends: Vec::new(),
             recs: Vec::new(),
-            graveyard: Vec::new(),
-            dead_ranges: Vec::new(),
-            dead_unnoted: false,
             max_len: 0,
             valid_count: 0,
             valid_bytes: 0,
@@ -308,61 +295,34 @@ impl<R: Registrar> Map<R> {
         self.starts.insert(at, s);
         self.ends.insert(at, e);
         self.recs.insert(at, rec);
-        // Room to note every record dead without allocating (see `note_dead`).
-        let room = self.recs.len().saturating_sub(self.dead_ranges.len());
-        self.dead_ranges.reserve(room);
         None
-    }
-
-    /// Notes the range of an entry just made invalid, for the next flush. Never allocates.
-    fn note_dead(&mut self, start: u64, end: u64) {
-        if self.dead_ranges.len() < self.dead_ranges.capacity() {
-            self.dead_ranges.push((start, end));
-        } else {
-            self.dead_unnoted = true;
-        }
     }
 
     /// The position of the record of exactly `range`.
     fn position(&self, range: VaRange) -> Option<usize> {
-        self.position_of(range.start(), range.end())
-    }
-
-    /// The position of the record of exactly `[s, e)`.
-    fn position_of(&self, s: u64, e: u64) -> Option<usize> {
+        let (s, e) = (range.start(), range.end());
         let at = self.starts.partition_point(|&x| x < s);
         (at..self.starts.len())
             .take_while(|&i| self.starts[i] == s)
             .find(|&i| self.ends[i] == e)
     }
 
-    /// Takes out the records of invalid entries, keeping the order of the rest: those whose
-    /// ranges were noted, or, if one may not have been, every one whose flag is clear.
+    /// Takes out the records of invalid entries, keeping the order of the rest.
     fn take_dead(&mut self) -> Vec<Rec<R>> {
-        let mut at: Vec<usize> = if std::mem::take(&mut self.dead_unnoted) {
-            self.dead_ranges.clear();
-            (0..self.recs.len()).filter(|&i| !self.valid(i)).collect()
-        } else {
-            let noted = std::mem::take(&mut self.dead_ranges);
-            let at = noted
-                .iter()
-                .filter_map(|&(s, e)| self.position_of(s, e))
-                .filter(|&i| !self.valid(i))
-                .collect();
-            // Keep the buffer (and its room) for the next notes.
-            self.dead_ranges = noted;
-            self.dead_ranges.clear();
-            at
-        };
-        // A range noted twice (an entry replaced, then dead again) is taken once.
-        at.sort_unstable();
-        at.dedup();
-        let mut dead = Vec::with_capacity(at.len());
-        for &i in at.iter().rev() {
-            self.starts.remove(i);
-            self.ends.remove(i);
-            dead.push(self.recs.remove(i));
+        let mut dead = Vec::new();
+        let recs = std::mem::take(&mut self.recs);
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for (i, rec) in recs.into_iter().enumerate() {
+            if rec.entry.state.valid.load(Ordering::Acquire) {
+                starts.push(self.starts[i]);
+                ends.push(self.ends[i]);
+                self.recs.push(rec);
+            } else {
+                dead.push(rec);
+            }
         }
+        self.starts = starts;
+        self.ends = ends;
         dead
     }
 
@@ -378,7 +338,6 @@ impl<R: Registrar> Map<R> {
         if entry.state.valid.swap(false, Ordering::AcqRel) {
             self.valid_count -= 1;
             self.valid_bytes -= entry.range.len();
-            self.note_dead(entry.range.start(), entry.range.end());
             true
         } else {
             false
@@ -451,9 +410,8 @@ impl<R: Registrar> IntervalNotifierOps for EntryOps<R> {
             && self.state.valid.swap(false, Ordering::AcqRel)
         {
             map.valid_count -= 1;
-            // The entry's range is the interval's.
+            // The entry's length is the interval's.
             map.valid_bytes -= interval.last() - interval.start() + 1;
-            map.note_dead(interval.start(), interval.last() + 1);
             sh.dead.fetch_add(1, Ordering::AcqRel);
             sh.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         }
@@ -514,8 +472,8 @@ impl<R: Registrar> RegCache<R> {
             .read(&guard)
             .covering(want.start(), want.end(), |p| {
                 // Upgrade first, then read the flag through the live entry: the anchor keeps the
-                // allocation, not the entry, and a dead entry the index still points to may
-                // have been dropped (its state with it).
+                // allocation, not the entry, and an entry an index still points to after its
+                // removal may have been dropped (its state with it).
                 // SAFETY: every pointer in a published index is an anchor's, kept alive while a
                 // guard pinned before the index was replaced lives (see the module documentation).
                 let Some(e) = (unsafe { upgrade(p) }) else {
@@ -541,36 +499,26 @@ impl<R: Registrar> RegCache<R> {
 
     /// Appends `added`, just inserted into `map`, to the published index's tail in place;
     /// rebuilds and republishes the index when the tail is full. Called with the map locked.
-    fn publish_added(&self, map: &mut Map<R>, added: VaRange) {
+    fn publish_added(&self, map: &MutexGuard<'_, Map<R>>, added: VaRange) {
         let guard = publish::pin();
         // Every publication holds the map's lock, so this is the index published last: its
-        // pointers are anchors in the map or in its graveyard (nothing was retired without a
-        // rebuild since), and no other writer appends to it meanwhile. Reading it before the
-        // lock would not be sound (see `index.rs`).
+        // pointers are anchors still in the map (none was removed without a rebuild since),
+        // and no other writer appends to it meanwhile. Reading it before the lock would not be
+        // sound (see `index.rs`).
         let cur = self.shared.index.read(&guard);
         let appended = map
             .position(added)
             .is_some_and(|i| cur.push(added.start(), added.end(), map.recs[i].anchor.0));
         drop(guard);
         if !appended {
-            self.republish(map);
+            self.republish(map, Vec::new());
         }
     }
 
-    /// Puts the anchors of records just taken out of `map` in its graveyard, where they stay
-    /// alive while the published index may point to them; rebuilds once [`TAIL`] wait. Called
-    /// with the map locked.
-    fn bury(&self, map: &mut Map<R>, anchors: impl IntoIterator<Item = Anchor<Entry<R>>>) {
-        map.graveyard.extend(anchors);
-        if map.graveyard.len() >= TAIL {
-            self.republish(map);
-        }
-    }
-
-    /// Rebuilds the index from `map` and publishes it; then retires the graveyard (anchors of
-    /// entries taken out of `map`), which the old index may still point to. Called with the map
-    /// locked.
-    fn republish(&self, map: &mut Map<R>) {
+    /// Rebuilds the index from `map` and publishes it; then retires `removed` (the anchors of
+    /// entries just taken out of `map`), which the old index may still point to. Called with the
+    /// map locked.
+    fn republish(&self, map: &MutexGuard<'_, Map<R>>, removed: Vec<Anchor<Entry<R>>>) {
         let index = Index::build(
             &map.starts,
             &map.ends,
@@ -578,8 +526,8 @@ impl<R: Registrar> RegCache<R> {
             map.max_len,
         );
         self.shared.index.replace(index);
-        if !map.graveyard.is_empty() {
-            publish::retire(std::mem::take(&mut map.graveyard));
+        if !removed.is_empty() {
+            publish::retire(removed);
         }
     }
 
@@ -697,13 +645,16 @@ impl<R: Registrar> RegCache<R> {
             map.valid_bytes += want.len();
             sh.counters.registered.fetch_add(1, Ordering::Relaxed);
             let evicted = self.evict(&mut map, &entry);
-            // The new record took the replaced one's place in the map; the index may still
-            // point to the replaced (dead) one, whose anchor is buried.
-            self.publish_added(&mut map, want);
-            let old = replaced.map(|r| {
-                self.bury(&mut map, [r.anchor]);
-                r.entry
-            });
+            let old = match replaced {
+                Some(r) => {
+                    self.republish(&map, vec![r.anchor]);
+                    Some(r.entry)
+                }
+                None => {
+                    self.publish_added(&map, want);
+                    None
+                }
+            };
             drop(map);
             if let Some(old) = old {
                 self.finish(&old);
@@ -764,7 +715,7 @@ impl<R: Registrar> RegCache<R> {
                 .map(|r| (r.entry, r.anchor))
                 .unzip();
             sh.dead.fetch_sub(dead.len(), Ordering::AcqRel);
-            self.bury(&mut map, anchors);
+            self.republish(&map, anchors);
             dead
         };
         for e in dead {
@@ -820,103 +771,16 @@ impl<R: Registrar> Drop for RegCache<R> {
     fn drop(&mut self) {
         let all: Vec<Arc<Entry<R>>> = {
             let mut map = lock(&self.shared.map);
-            let (all, anchors): (Vec<_>, Vec<_>) = map
+            let (all, anchors) = map
                 .take_all()
                 .into_iter()
                 .map(|r| (r.entry, r.anchor))
                 .unzip();
-            map.graveyard.extend(anchors);
-            self.republish(&mut map);
+            self.republish(&map, anchors);
             all
         };
         for e in all {
             self.finish(&e);
         }
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use crate::cache::registrar::NoopRegistrar;
-
-    const P: u64 = 4096;
-
-    fn entry(page: u64) -> Arc<Entry<NoopRegistrar>> {
-        Arc::new(Entry {
-            range: VaRange::covering(page * P, P).unwrap(),
-            reg: (),
-            state: Arc::new(EntryState {
-                valid: AtomicBool::new(true),
-                published: AtomicBool::new(true),
-            }),
-            last_used: AtomicU64::new(0),
-            notifier: Mutex::new(None),
-            watch: Mutex::new(None),
-            deregistered: AtomicBool::new(false),
-        })
-    }
-
-    /// A map of pages 1..=8, with `killed` made invalid (by `kill`, which notes the range as
-    /// the invalidation callback does); with `overflow`, the notes' room is used up first.
-    fn map_with_dead(killed: &[usize], overflow: bool) -> Map<NoopRegistrar> {
-        let mut map = Map::new();
-        let es: Vec<_> = (1..=8).map(entry).collect();
-        for e in &es {
-            assert!(map.insert(Rec::new(e.clone())).is_none());
-            map.valid_count += 1;
-            map.valid_bytes += P;
-        }
-        if overflow {
-            while map.dead_ranges.len() < map.dead_ranges.capacity() {
-                map.dead_ranges.push((0, P)); // no record has this range
-            }
-        }
-        let room = map.dead_ranges.capacity();
-        for &i in killed {
-            assert!(map.kill(&es[i - 1]));
-        }
-        assert_eq!(
-            map.dead_ranges.capacity(),
-            room,
-            "noting a dead range allocated"
-        );
-        assert_eq!(map.dead_unnoted, overflow && !killed.is_empty());
-        map
-    }
-
-    #[test]
-    fn a_flush_takes_every_dead_record_whether_its_range_was_noted_or_not() {
-        for overflow in [false, true] {
-            let mut map = map_with_dead(&[1, 4, 5, 8], overflow);
-            let mut got: Vec<u64> = map
-                .take_dead()
-                .iter()
-                .map(|r| r.entry.range.start() / P)
-                .collect();
-            got.sort_unstable();
-            assert_eq!(got, [1, 4, 5, 8], "overflow {overflow}");
-            assert_eq!(
-                map.starts,
-                [2, 3, 6, 7].map(|p| p * P),
-                "overflow {overflow}"
-            );
-            assert_eq!(map.ends, [3, 4, 7, 8].map(|p| p * P), "overflow {overflow}");
-            let kept: Vec<u64> = map.recs.iter().map(|r| r.entry.range.start()).collect();
-            assert_eq!(kept, map.starts, "overflow {overflow}");
-            assert!(map.take_dead().is_empty(), "a dead record was taken twice");
-            assert!(!map.dead_unnoted && map.dead_ranges.is_empty());
-        }
-    }
-
-    #[test]
-    fn a_range_noted_dead_whose_record_was_replaced_by_a_live_one_is_not_taken() {
-        let mut map = map_with_dead(&[3], false);
-        // A miss replaces the dead record of page 3 with a live one before the flush.
-        let replaced = map.insert(Rec::new(entry(3)));
-        assert!(replaced.is_some());
-        map.note_dead(3 * P, 4 * P); // and the same range noted twice
-        assert!(map.take_dead().is_empty(), "a live record was taken");
-        assert_eq!(map.recs.len(), 8);
     }
 }
