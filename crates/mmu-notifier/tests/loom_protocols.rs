@@ -16,7 +16,7 @@
 //! | `end_before_start` | the interval epoch ends as soon as the callbacks ran, before the primary's change | the same six |
 //! | `skip_grace_period` | unregister and registration do not wait for readers | unregister, release racing unregister and a callback, first subscription |
 //! | `skip_pairing` | a refused non-blockable start ends nobody (the pre-5.12 bug) | pairing on refusal |
-//! | `read_begin_relaxed` | `read_begin`'s lock-free check loads the published sequence `Relaxed` (src/itree.rs) | the same five as `skip_set_seq` |
+//! | `read_begin_relaxed` | `read_begin`'s lock-free check loads the published sequence `Relaxed` (src/itree.rs) | closed by another thread (since lazy closing, an epoch is mostly closed by its own reader under the lock, so the five reader models that caught this before no longer reach it at bound 3; this model has a second reader close it) |
 //! | `no_reader_barrier` | a read section's entry skips its barrier (the half of the store-load pair that `membarrier` stands in for, src/srcu.rs) | unregister, release racing unregister and a callback, first subscription (and the bare protocol's models, `srcu::model` in the library) |
 //! | `lazy_no_close` | an invalidation's end never closes the epoch, even when a reader, a remove or a queued tree change asked for it (src/itree.rs, "Lazy closing") | every model with a reader or a remove: sequence protocol, several invalidators, deferred insert, insert/remove racing, remove after the last callback, first subscription, lock-free search (a waiter sleeps forever: loom reports the deadlock) |
 //! | `skip_gate` | an invalidation searches the interval tree without looking at the gate (a tree change or an epoch close may run under its search) | lock-free search vs tree changes, several invalidators, deferred insert, insert/remove racing, remove after the last callback, first subscription |
@@ -139,8 +139,7 @@ fn invalidate(mm: &Mm, gen: &AtomicU64, start: u64, end: u64) {
     any(
         mmn_broken = "lazy_no_close",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
@@ -177,14 +176,58 @@ fn stale_model(name: &str, invalidators: &'static [(u64, u64)], faults: usize, c
     });
 }
 
+/// Lazy closing lets another thread close the epoch (a reader that asked for the close and
+/// was woken, or the ender that honoured its request), after which a second reader takes the
+/// fast path: `read_begin` must then see the primary's change made before that close (its
+/// load of the sequence word is `Acquire`, the closing store a release). A reader thread and
+/// a faulting main thread against one invalidator.
+///
+/// Under `lazy_no_close` the never-woken reader makes loom abort the process (a panic while
+/// unwinding the deadlocked threads) instead of reporting, so the model is skipped there; the
+/// seven models above catch that variant.
+#[test]
+#[cfg_attr(
+    any(
+        mmn_broken = "skip_set_seq",
+        mmn_broken = "end_before_start",
+        mmn_broken = "read_begin_relaxed"
+    ),
+    should_panic
+)]
+#[cfg_attr(mmn_broken = "lazy_no_close", ignore)]
+fn a_reader_after_an_epoch_closed_by_another_thread_sees_the_change() {
+    model_capped("closed_by_another", 3, || {
+        let mm = Mm::new();
+        let gen = Arc::new(AtomicU64::new(0));
+        let d = dev();
+        let iv = Arc::new(
+            mm.interval_notifier_insert(0x1000, 0x1000, DevRef(d.clone()))
+                .unwrap(),
+        );
+        let inv = {
+            let (mm, gen) = (mm.clone(), gen.clone());
+            big(move || invalidate(&mm, &gen, 0x1000, 0x2000))
+        };
+        let other = {
+            let (iv, d, gen) = (iv.clone(), d.clone(), gen.clone());
+            big(move || {
+                fault(&iv, &d, &gen);
+            })
+        };
+        fault(&iv, &d, &gen);
+        inv.join().unwrap();
+        other.join().unwrap();
+        assert_fresh(&d, &gen);
+    });
+}
+
 #[test]
 #[cfg_attr(
     any(
         mmn_broken = "lazy_no_close",
         mmn_broken = "skip_gate",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
@@ -205,8 +248,7 @@ fn several_invalidators_and_two_faults_never_leave_a_stale_translation() {
         mmn_broken = "lazy_no_close",
         mmn_broken = "skip_gate",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
@@ -265,8 +307,7 @@ fn remove_returns_only_after_the_last_callback() {
         mmn_broken = "lazy_no_close",
         mmn_broken = "skip_gate",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
@@ -305,8 +346,7 @@ fn insert_and_remove_racing_an_invalidation_keep_the_tree_and_readers_right() {
         mmn_broken = "skip_grace_period",
         mmn_broken = "no_reader_barrier",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
@@ -334,8 +374,7 @@ fn the_first_subscription_waits_for_an_invalidation_begun_unsubscribed() {
         mmn_broken = "lazy_no_close",
         mmn_broken = "skip_gate",
         mmn_broken = "skip_set_seq",
-        mmn_broken = "end_before_start",
-        mmn_broken = "read_begin_relaxed"
+        mmn_broken = "end_before_start"
     ),
     should_panic
 )]
