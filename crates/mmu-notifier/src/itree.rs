@@ -288,6 +288,13 @@ impl Gated<'_> {
         self.closed = true;
     }
 
+    /// Queues a tree change behind the open epoch, and asks for the close that applies it
+    /// (every queued change comes with its request: the last end then closes the epoch).
+    fn defer(&mut self, e: Entry) {
+        self.st.deferred.push(e);
+        self.it.request_close();
+    }
+
     /// Changes the tree. Only with no pin: the caller saw `active == 0` or waited in
     /// [`Itree::unpinned`].
     fn with_tree<R>(&mut self, f: impl FnOnce(&mut IntervalTree<Entry>) -> R) -> R {
@@ -541,9 +548,8 @@ impl Itree {
             self.unpinned()
         };
         if seq & 1 == 1 {
-            g.st.deferred.push(e.clone());
+            g.defer(e.clone());
             e.set_seq(seq);
-            self.request_close();
         } else {
             // Partially excluded: linked now, and the epoch opened so that its first reader
             // waits for the invalidations in flight.
@@ -572,8 +578,7 @@ impl Itree {
                 // concurrently.
                 if self.tree.0.with(|t| unsafe { &*t }.contains(start, id)) {
                     // Frozen tree: queue the removal and wait for the epoch to end.
-                    g.st.deferred.push(me.clone());
-                    self.request_close();
+                    g.defer(me.clone());
                     wait_seq = Some(seq);
                 } else {
                     // Its insert is still queued: cancel it.
